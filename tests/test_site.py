@@ -1,0 +1,103 @@
+"""The docs site, opened in a real headless browser (Debian's Chromium driven by Playwright).
+
+Built by `make docs` (tools/build_docs.py) into _docs/. Every lesson is a page in course order, each loads with its
+title, navigation and images, no request fails or leaves the machine, search works; screenshots of the home page and
+one lesson go to tests/artifacts/.
+"""
+import functools, http.server, shutil, socketserver, threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from conftest import ROOT, course_notebooks, notebook_title
+
+DOCS = ROOT/'_docs'
+ART = ROOT/'tests'/'artifacts'
+CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
+ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+        '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage']
+
+
+@pytest.fixture(scope='module')
+def site():
+    assert (DOCS/'index.html').exists(), '_docs/ is not built: run `make docs` first (make test does)'
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a): pass
+    handler = functools.partial(Quiet, directory=str(DOCS))
+    srv = socketserver.ThreadingTCPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f'http://127.0.0.1:{srv.server_address[1]}'
+    srv.shutdown(); srv.server_close()
+
+
+@pytest.fixture(scope='module')
+def browser():
+    assert Path(CHROMIUM).exists(), 'Chromium is missing: apt-get install chromium (.ci/run does)'
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def _open(browser, url):
+    "Open `url`; return (page, failures) where failures lists failed, 4xx/5xx or off-machine requests."
+    page = browser.new_page(viewport={'width': 1280, 'height': 900})
+    failures = []
+    page.on('requestfailed', lambda r: failures.append(f'FAILED {r.url} ({r.failure})'))
+    page.on('response', lambda r: r.status >= 400 and failures.append(f'HTTP {r.status} {r.url}'))
+    page.on('request', lambda r: urlparse(r.url).hostname not in ('127.0.0.1', None) and not r.url.startswith('data:')
+            and failures.append(f'OFF-MACHINE {r.url}'))
+    page.goto(url, wait_until='networkidle')
+    return page, failures
+
+
+def test_every_lesson_is_a_page_in_course_order(site, browser):
+    nbs = course_notebooks()
+    titles = [notebook_title(p) for p in nbs]
+    page, failures = _open(browser, f'{site}/index.html')
+    nav = [t.strip() for t in page.locator('nav.bd-docs-nav a.reference').all_inner_texts()]
+    assert nav == titles, f'sidebar {nav} != course order {titles}'
+    assert not failures, failures
+    page.close()
+
+
+@pytest.mark.parametrize('nb', course_notebooks(), ids=lambda p: p.stem)
+def test_page_loads_with_title_nav_images(site, browser, nb):
+    page, failures = _open(browser, f'{site}/{nb.stem}.html')
+    title = notebook_title(nb)
+    assert title in page.title(), f'{nb.stem}: page title {page.title()!r} lacks {title!r}'
+    assert page.locator('h1').first.inner_text().strip().startswith(title)
+    assert page.locator('nav.bd-docs-nav a.reference').count() == len(course_notebooks())
+    broken = page.evaluate('Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)')
+    assert not broken, f'{nb.stem}: images that did not load: {broken}'
+    if 'class="math' in (DOCS/f'{nb.stem}.html').read_text():
+        page.wait_for_selector('mjx-container', timeout=20000)  # formulas typeset by the offline MathJax
+    assert not failures, f'{nb.stem}: {failures}'
+    page.close()
+
+
+def test_lessons_with_plots_show_them(site, browser):
+    page, _ = _open(browser, f'{site}/00_models.html')
+    assert page.locator('img').count() >= 1, 'the models lesson draws its parameter plot'
+    assert page.get_by_text('Paris').count() >= 1, 'saved outputs (the first generation) are shown'
+    page.close()
+
+
+def test_search_finds_a_lesson(site, browser):
+    page, failures = _open(browser, f'{site}/search.html?q=safetensors')
+    page.wait_for_selector('#search-results li', timeout=20000)
+    hits = page.locator('#search-results li a').all_inner_texts()
+    assert any('bundled model' in h.lower() for h in hits), hits
+    assert not failures, failures
+    page.close()
+
+
+def test_screenshots(site, browser):
+    ART.mkdir(parents=True, exist_ok=True)
+    for name in ['index', '00_models']:
+        page, _ = _open(browser, f'{site}/{name}.html')
+        out = ART/f'{name}.png'
+        page.screenshot(path=str(out), full_page=False)
+        assert out.stat().st_size > 10_000, f'{out} looks empty'
+        page.close()

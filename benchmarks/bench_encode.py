@@ -1,0 +1,86 @@
+"""Tokens/s of map fn + template + encode on 20k synthetic OpenAI-format conversations: learnft vs XTuner 0.2.0.
+
+Both sides do the same work on the same rows with the same tokenizer file (SmolLM2): OpenAI messages -> conversation
+(map fn) -> chat template (`internlm2_chat`) -> input_ids + labels. XTuner runs in its own venv (see tools/xtuner_golden.py
+for how it was built) as a subprocess; each side reports its time and a digest of all input_ids and labels, which must match.
+
+    .venv/bin/python benchmarks/bench_encode.py --xtuner-python /work/devtools/xtvenv/bin/python [--n 20000]
+"""
+import argparse, hashlib, json, os, random, subprocess, sys, tempfile, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ('the model data token train loss mask answer question template chat packing batch length python '
+         'learning rate adapter quantization 微调 数据 模型 hello world why how what is a of to and in').split()
+
+def synth(n, seed=0):
+    rnd = random.Random(seed)
+    say = lambda k: ' '.join(rnd.choice(WORDS) for _ in range(k)).capitalize() + rnd.choice('.?!')
+    rows = []
+    for _ in range(n):
+        msgs = [{'role': 'system', 'content': say(rnd.randint(4, 12))}] if rnd.random() < 0.3 else []
+        for _ in range(rnd.choice([1, 1, 1, 2, 3])):
+            msgs += [{'role': 'user', 'content': say(rnd.randint(5, 40))}, {'role': 'assistant', 'content': say(int(rnd.lognormvariate(4, 0.8)) + 1)}]
+        rows.append({'messages': msgs})
+    return rows
+
+def digest(encs):
+    h = hashlib.sha256()
+    for e in encs: h.update(json.dumps([e['input_ids'], e['labels']]).encode())
+    return h.hexdigest()[:16]
+
+XTUNER_SNIPPET = r'''
+import json, sys, time, hashlib
+sys.path.insert(0, sys.argv[3])
+from xtuner_golden import import_xtuner
+PROMPT_TEMPLATE, encode_fn, Packer, template_map_fn, maps = import_xtuner()
+from transformers import PreTrainedTokenizerFast
+tok = PreTrainedTokenizerFast(tokenizer_file=sys.argv[2] + '/tokenizer.json', bos_token='<|im_start|>', eos_token='<|im_end|>')
+rows = [json.loads(l) for l in open(sys.argv[1])]
+tpl = PROMPT_TEMPLATE.internlm2_chat
+t0 = time.perf_counter()
+out = [encode_fn(template_map_fn(maps['openai'](r), tpl), tok, 2048) for r in rows]
+dt = time.perf_counter() - t0
+h = hashlib.sha256()
+for e in out: h.update(json.dumps([e['input_ids'], e['labels']]).encode())
+print(json.dumps({'seconds': dt, 'tokens': sum(len(e['input_ids']) for e in out), 'digest': h.hexdigest()[:16]}))
+'''
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--xtuner-python', default='/work/devtools/xtvenv/bin/python')
+    ap.add_argument('--n', type=int, default=20000)
+    a = ap.parse_args()
+    os.environ.update(HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', HF_DATASETS_OFFLINE='1', TOKENIZERS_PARALLELISM='false')
+    from learnft.models import load_smollm2_tokenizer, smollm2_path
+    from learnft.formats import openai_map, template_map, as_xtuner_template
+    from learnft.encode import encode, encode_conversations
+    rows = synth(a.n)
+    tok, tpl = load_smollm2_tokenizer(), as_xtuner_template('internlm2_chat')
+    res = {}
+    t0 = time.perf_counter()
+    one = [encode(template_map(openai_map(r), tpl), tok, 2048) for r in rows]
+    res['learnft, one call per row'] = (time.perf_counter() - t0, one)
+    t0 = time.perf_counter()
+    batched = []
+    for b in range(0, len(rows), 1000):
+        convs = [template_map(openai_map(r), tpl)['conversation'] for r in rows[b:b + 1000]]
+        batched += encode_conversations(convs, tok, 2048)
+    res['learnft, batches of 1000'] = (time.perf_counter() - t0, batched)
+    with tempfile.NamedTemporaryFile('w', suffix='.jsonl', delete=False) as f:
+        f.write('\n'.join(json.dumps(r, ensure_ascii=False) for r in rows)); path = f.name
+    xt = subprocess.run([a.xtuner_python, '-c', XTUNER_SNIPPET, path, str(smollm2_path()), str(ROOT/'tools')],
+                        capture_output=True, text=True)
+    os.unlink(path)
+    if xt.returncode: sys.exit('XTuner run failed:\n' + xt.stderr[-2000:])
+    x = json.loads(xt.stdout.strip().splitlines()[-1])
+    ntok = sum(len(e['input_ids']) for e in one)
+    print(f'{a.n} conversations, {ntok} tokens (SmolLM2 tokenizer, internlm2_chat, max_length 2048)\n')
+    print(f"| {'implementation':<28} | {'seconds':>8} | {'M tokens/s':>10} | {'vs XTuner':>9} | same ids+labels as XTuner |")
+    print(f"|{'-'*30}|{'-'*10}|{'-'*12}|{'-'*11}|{'-'*27}|")
+    print(f"| {'XTuner 0.2.0 (own venv)':<28} | {x['seconds']:8.2f} | {x['tokens'] / x['seconds'] / 1e6:10.3f} | {1:9.2f}x | {'-':<25} |")
+    for k, (dt, encs) in res.items():
+        print(f"| {k:<28} | {dt:8.2f} | {ntok / dt / 1e6:10.3f} | {x['seconds'] / dt:9.2f}x | {str(digest(encs) == x['digest']):<25} |")
+
+if __name__ == '__main__':
+    main()

@@ -89,6 +89,8 @@ def convert_notebook(nb, toc=None):
         opts, code = split_directives(_src(cell))
         if str(opts.get('include', '')).lower() == 'false': continue
         if opts.get('output') == 'asis' and (md := md_output(cell)) is not None:
+            md = re.sub(r'^\s*---\s*\n', '', md)  # show_doc opens with a rule; a page section may not start with one
+            md = re.sub(r'(\]\([^)]*\))\{target=[^}]*\}', r'\1', md)  # Quarto-only link attributes on show_doc's [source]
             out.append({'cell_type': 'markdown', 'metadata': {}, 'source': md}); continue
         tags = list(cell.get('metadata', {}).get('tags', []))
         if str(opts.get('echo', '')).lower() == 'false': tags.append('remove-input')

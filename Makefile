@@ -30,9 +30,9 @@ $(STAMP): $(PY) setup.py settings.ini
 
 install: $(STAMP)
 
-## The course's main job, headless.
+## The course's main job, headless: the end-to-end QLoRA lab (lesson 10) -- config, train, merge, chat.
 lab: install
-	$(PY) -c "from learnft.models import chat_demo; chat_demo()"
+	$(PY) -c "from learnft.lab import run_lab; run_lab()"
 
 ## Every notebook's tests, the docs build, then pytest (whose summary line closes the run).
 test: install nbtest docs pytest

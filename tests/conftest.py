@@ -25,12 +25,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 def notebook_title(path: Path) -> str:
-    "The `# Title` of a lesson notebook's first markdown cell (nbdev's front matter)."
+    "The `# Title` of a lesson notebook's first markdown cell (nbdev's front matter), as a page shows it (no code ticks)."
     nb = json.loads(Path(path).read_text())
     for c in nb['cells']:
         if c['cell_type'] == 'markdown':
             m = re.match(r'#\s+(.+)', ''.join(c['source']).strip())
-            if m: return m.group(1).strip()
+            if m: return re.sub(r'`|\*\*', '', m.group(1)).strip()
     raise AssertionError(f'{path} has no "# Title" markdown cell')
 
 

@@ -6,7 +6,7 @@
 __all__ = ['StreamingPacker', 'best_fit_bins', 'pack_rows', 'PackReport', 'pack_best_fit', 'pack_streaming', 'pack_dataset',
            'block_diagonal_mask', 'cu_seqlens', 'collate_packed', 'collate_padded']
 
-# %% ../nbs/04_packing.ipynb #59a09858
+# %% ../nbs/04_packing.ipynb #daba3e76
 import bisect
 from dataclasses import dataclass
 
@@ -14,7 +14,7 @@ import torch
 
 from .encode import IGNORE_INDEX
 
-# %% ../nbs/04_packing.ipynb #21440fc6
+# %% ../nbs/04_packing.ipynb #6e8cc916
 class StreamingPacker:
     "XTuner's `Packer`: stream samples into rows of exactly `chunk_size` tokens (a callable for a batched `Dataset.map`)."
     def __init__(self, chunk_size: int=2048, use_varlen_attn: bool=False, drop_last: bool=False):
@@ -59,7 +59,7 @@ class StreamingPacker:
                 self.residual_cumulative_len = [0]
         return out
 
-# %% ../nbs/04_packing.ipynb #73c2460b
+# %% ../nbs/04_packing.ipynb #4de6da57
 def best_fit_bins(lengths, max_length: int) -> list:
     "Best-fit-decreasing bin packing: lists of sample indices whose lengths sum to at most `max_length` (no sample split)."
     over = [i for i, n in enumerate(lengths) if n > max_length]
@@ -77,7 +77,7 @@ def best_fit_bins(lengths, max_length: int) -> list:
             bins.append([i]); bisect.insort(free, (max_length - n, len(bins) - 1))
     return bins
 
-# %% ../nbs/04_packing.ipynb #9cd1f22f
+# %% ../nbs/04_packing.ipynb #19b42ac8
 def pack_rows(samples: list, bins: list) -> list:
     "Concatenate `samples` (dicts with `input_ids`, `labels`) bin by bin into rows with `position_ids` and `seq_lens`."
     rows = []
@@ -126,7 +126,7 @@ def pack_streaming(samples: list, max_length: int, keep_tail: bool=True, verbose
     if verbose: print(rep)
     return rows, rep
 
-# %% ../nbs/04_packing.ipynb #237bf829
+# %% ../nbs/04_packing.ipynb #06fc7114
 def pack_dataset(ds, max_length: int, verbose: bool=True):
     "Best-fit pack an encoded `datasets.Dataset` (`input_ids`, `labels`) into rows with `position_ids` and `seq_lens`; `(ds, PackReport)`."
     import datasets, numpy as np, pyarrow as pa, pyarrow.compute as pc
@@ -156,7 +156,7 @@ def pack_dataset(ds, max_length: int, verbose: bool=True):
     if verbose: print(rep)
     return out, rep
 
-# %% ../nbs/04_packing.ipynb #d90691c7
+# %% ../nbs/04_packing.ipynb #82af5f6a
 def block_diagonal_mask(seq_lens_batch: list, length: int, dtype=torch.float32) -> torch.Tensor:
     "Additive `(B, 1, L, L)` mask: causal within each sample of each row, blocked across samples; padding sees itself."
     m = torch.full((len(seq_lens_batch), 1, length, length), torch.finfo(dtype).min, dtype=dtype)
@@ -171,7 +171,7 @@ def cu_seqlens(seq_lens_batch: list) -> torch.Tensor:
     "Cumulative sample lengths over the flattened batch (int32), as flash-attention's varlen kernels take them."
     return torch.tensor([0] + [n for lens in seq_lens_batch for n in lens], dtype=torch.int32).cumsum(0, dtype=torch.int32)
 
-# %% ../nbs/04_packing.ipynb #7ae61791
+# %% ../nbs/04_packing.ipynb #9eee02a6
 def collate_packed(rows: list, pad_token_id: int, pad_to_multiple_of: int=None) -> dict:
     "Packed rows -> `input_ids`, `labels`, `position_ids`, 4-D block-diagonal `attention_mask` (and `cu_seqlens`)."
     L = max(len(r['input_ids']) for r in rows)

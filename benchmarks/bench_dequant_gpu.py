@@ -38,7 +38,7 @@ if __name__ == '__main__':
     ap = argparse.ArgumentParser(); ap.add_argument('--size', type=int, default=16384); ap.add_argument('--iters', type=int, default=50)
     a = ap.parse_args()
     import bitsandbytes.functional as F
-    from learnft.quant import QuantState, dequantize_4bit, dequantize_blockwise
+    from learnft.quant import QuantState, dequantize_4bit
     w = torch.randn(a.size, a.size, device='cuda', dtype=torch.bfloat16)
     packed, bstate = F.quantize_4bit(w, blocksize=64, quant_type='nf4', compress_statistics=True)
     state = QuantState.from_bnb(bstate)

@@ -9,10 +9,10 @@ __all__ = ['MAX_EXPRESSION_CHARS', 'MAX_DEPTH', 'MAX_EXPONENT', 'MAX_DIGITS', 'M
            'LAB_SYSTEM', 'format_number', 'calculate', 'solve', 'search', 'ToolError', 'tool_schema', 'neutralise',
            'ToolRegistry', 'render_tool_chat', 'parse_tool_calls', 'parse_assistant', 'parse_tool_chat', 'moss_command',
            'render_moss', 'moss_sample', 'parse_moss_commands', 'parse_moss', 'encode_moss', 'encode_tool_chat',
-           'run_agent', 'show_trace', 'make_word_problems', 'problem_messages', 'lab_rows', 'train_lora_tool_use',
-           'generate_batch', 'hf_generator', 'final_number', 'evaluate_tool_use']
+           'run_agent', 'show_trace', 'make_word_problems', 'problem_messages', 'lab_rows', 'tool_use_rows',
+           'train_lora_tool_use', 'generate_batch', 'hf_generator', 'final_number', 'evaluate_tool_use']
 
-# %% ../nbs/09_tool_use.ipynb #a3c9c401
+# %% ../nbs/09_tool_use.ipynb #5c6b1ed9
 import ast, inspect, json, math, operator, re, threading, typing
 from fractions import Fraction
 from typing import Callable, Optional
@@ -20,7 +20,7 @@ from typing import Callable, Optional
 from .templates import DEFAULT_SYSTEMS, Rendered, join_pieces
 from .encode import IGNORE_INDEX, show_masked
 
-# %% ../nbs/09_tool_use.ipynb #d2ff3a22
+# %% ../nbs/09_tool_use.ipynb #10e43a1e
 MAX_EXPRESSION_CHARS = 200      # longer inputs are refused before parsing
 MAX_DEPTH = 100                 # nesting depth of the expression tree
 MAX_EXPONENT = 1000             # |b| in a ** b
@@ -97,7 +97,7 @@ def calculate(expression: str) -> str:
     except RecursionError: raise ValueError(f'calculate({expression!r}): nested too deeply') from None
     except (OverflowError, ZeroDivisionError, TypeError) as e: raise ValueError(f'calculate({expression!r}): {e}') from None
 
-# %% ../nbs/09_tool_use.ipynb #d531fe27
+# %% ../nbs/09_tool_use.ipynb #37ab9175
 def _poly(node, var, expr, depth=0):
     "A polynomial {degree: Fraction} from an expression tree in one variable (degree <= 2)."
     if depth > MAX_DEPTH: raise ValueError(f'solve({expr!r}): nested deeper than {MAX_DEPTH} levels')
@@ -158,7 +158,7 @@ def solve(equation: str) -> str:
     roots = sorted(set([(-b - sq) / (2 * a), (-b + sq) / (2 * a)]))
     return ' or '.join(f'{x} = {_fmt_root(r)}' for r in roots)
 
-# %% ../nbs/09_tool_use.ipynb #58560342
+# %% ../nbs/09_tool_use.ipynb #95f7e40b
 SEARCH_CORPUS = [
     ('XTuner', 'XTuner is a toolkit from Shanghai AI Laboratory (InternLM) for fine-tuning large language models; it fine-tunes a 7B model on one 8 GB GPU with QLoRA.'),
     ('LoRA', 'LoRA (Hu et al., 2021) freezes the pretrained weights and trains a low-rank update B A scaled by alpha / r; merging adds it back, so inference costs nothing extra.'),
@@ -198,7 +198,7 @@ def search(query: str, k: int = 2) -> str:
     if not hits: return 'No results.'
     return '\n'.join(f'<|{j}|>: {SEARCH_CORPUS[i][0]}: {SEARCH_CORPUS[i][1]}' for j, i in enumerate(hits, 1))
 
-# %% ../nbs/09_tool_use.ipynb #631f74bd
+# %% ../nbs/09_tool_use.ipynb #11ff1712
 _JSON_TYPES = {str: 'string', int: 'integer', float: 'number', bool: 'boolean', list: 'array', dict: 'object'}
 
 class ToolError(ValueError):
@@ -238,7 +238,7 @@ def tool_schema(fn: Callable) -> dict:
     if hints.get('return') in _JSON_TYPES: out['return'] = {'type': _JSON_TYPES[hints['return']]}   # as transformers writes it
     return {'type': 'function', 'function': out}
 
-# %% ../nbs/09_tool_use.ipynb #af5b9df9
+# %% ../nbs/09_tool_use.ipynb #8f3b9583
 MOSS_MARKERS = ('<|Human|>', '<|Inner Thoughts|>', '<|Commands|>', '<|Results|>', '<|MOSS|>', '<eoh>', '<eot>', '<eoc>', '<eor>', '<eom>')
 JSON_MARKERS = ('<|im_start|>', '<|im_end|>', '<|endoftext|>', '<tool_call>', '</tool_call>', '<tool_response>', '</tool_response>',
                 '<tools>', '</tools>')
@@ -294,7 +294,7 @@ class ToolRegistry:
         if th.is_alive(): return f'Error: tool {name!r} ran longer than {self.timeout}s and was abandoned'
         return neutralise(box['out'] if 'out' in box else f'Error: {box["err"]}')
 
-# %% ../nbs/09_tool_use.ipynb #f252b836
+# %% ../nbs/09_tool_use.ipynb #ad697034
 DEFAULT_TOOL_SYSTEM = DEFAULT_SYSTEMS['smollm2']
 TOOLS_PREAMBLE = ('\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n'
                   'You are provided with function signatures within <tools></tools> XML tags:\n<tools>')
@@ -371,11 +371,11 @@ def render_tool_chat(messages, tools=None, add_generation_prompt: bool=False, sy
     if add_generation_prompt: pieces.append(('<|im_start|>assistant\n', 'scaffold', None))
     return join_pieces(pieces)
 
-# %% ../nbs/09_tool_use.ipynb #4d8af8bc
+# %% ../nbs/09_tool_use.ipynb #622111cb
 from .templates import ROLE_COLOURS
 ROLE_COLOURS.setdefault('tool', '#f3d1f4')
 
-# %% ../nbs/09_tool_use.ipynb #6dd869e0
+# %% ../nbs/09_tool_use.ipynb #2baee1a9
 _CALL_RE = re.compile(r'<tool_call>\s*(.*?)\s*</tool_call>', re.S)
 
 def parse_tool_calls(text: str) -> list:
@@ -429,7 +429,7 @@ def parse_tool_chat(text: str):
     if text[pos:] not in ('', '<|im_start|>assistant\n'): raise ToolError(f'char {pos}: unexpected trailing text {text[pos:pos+40]!r}')
     return messages, tools
 
-# %% ../nbs/09_tool_use.ipynb #9858a116
+# %% ../nbs/09_tool_use.ipynb #d75a77f7
 MOSS_META = ('You are an AI assistant whose name is MOSS.\n'
              '- MOSS is a conversational language model that is developed by Fudan University. It is designed to be helpful, honest, and harmless.\n'
              '- MOSS can understand and communicate fluently in the language chosen by the user such as English and 中文.\n'
@@ -497,7 +497,7 @@ def moss_sample(messages, meta: str=MOSS_META, params=MOSS_PARAMS) -> dict:
     for turn, key, ps in _moss_parts(rest, params): chat.setdefault(f'turn_{turn}', {})[key] = ''.join(t for t, _, _ in ps)
     return {'meta_instruction': text, 'num_turns': len(chat), 'chat': chat}
 
-# %% ../nbs/09_tool_use.ipynb #a73ff11d
+# %% ../nbs/09_tool_use.ipynb #81e88165
 _MOSS_PART_RE = re.compile(r'<\|(Human|Inner Thoughts|Commands|Results|MOSS)\|>:(.*?)(<eoh>|<eot>|<eoc>|<eor>|<eom>)\n', re.S)
 _MOSS_END = {'Human': '<eoh>', 'Inner Thoughts': '<eot>', 'Commands': '<eoc>', 'Results': '<eor>', 'MOSS': '<eom>'}
 
@@ -556,7 +556,7 @@ def parse_moss(text: str, params=MOSS_PARAMS) -> list:
     if any(m.get('tool_calls', 0) is None for m in msgs): raise ToolError('<|Inner Thoughts|> without <|Commands|> after it')
     return msgs
 
-# %% ../nbs/09_tool_use.ipynb #852f8531
+# %% ../nbs/09_tool_use.ipynb #bbd83baa
 def encode_moss(sample: dict, tokenizer, max_length: int=2048) -> dict:
     "`{'input_ids', 'labels'}` for one MOSS SFT row, as XTuner's `MOSSSFTDataset`: -100 on the meta instruction and on results' content."
     pre = len(tokenizer.encode('<|Results|>:', add_special_tokens=False))
@@ -583,7 +583,7 @@ def encode_tool_chat(messages, tokenizer, tools=None, max_length: int=2048, syst
     labels = [i if any(a < e and b > s for s, e in trained) else IGNORE_INDEX for i, (a, b) in zip(enc['input_ids'], enc['offset_mapping'])]
     return {'input_ids': enc['input_ids'][:max_length], 'labels': labels[:max_length], 'truncated': len(enc['input_ids']) > max_length}
 
-# %% ../nbs/09_tool_use.ipynb #126e1042
+# %% ../nbs/09_tool_use.ipynb #5eea2832
 def _moss_reply(text: str) -> dict:
     "An assistant message from generated MOSS text ending at <eoc> (thoughts + commands) or <eom> (the answer)."
     if '<|Commands|>:' in text:
@@ -627,7 +627,7 @@ def show_trace(result: dict) -> str:
     "The agent's trace, one line per event."
     return '\n'.join(f"[{t['step']}] {t['event']:9} {t['text']!r:.150}" for t in result['trace']) + f"\n=> {result['stopped']}: {result['answer']!r}"
 
-# %% ../nbs/09_tool_use.ipynb #3547be58
+# %% ../nbs/09_tool_use.ipynb #54c02891
 import random
 import torch
 
@@ -671,10 +671,21 @@ def problem_messages(p: dict, with_answer: bool=True, system: str=LAB_SYSTEM) ->
                  {'role': 'assistant', 'content': f"The answer is {p['answer']}."}]
     return msgs
 
-# %% ../nbs/09_tool_use.ipynb #1b7f7dcf
+# %% ../nbs/09_tool_use.ipynb #43314880
 def lab_rows(problems, tokenizer, tools, max_length: int=512) -> list:
     "Encoded training rows for `problems` (function-calling format)."
     return [encode_tool_chat(problem_messages(p), tokenizer, tools, max_length) for p in problems]
+
+def tool_use_rows(n: int=300, seed: int=0, system: str=LAB_SYSTEM) -> list:
+    "The lab's word problems as XTuner `conversation` rows (two turns: the call, then the answer after the tool's result) for `learnft train`."
+    rows = []
+    for p in make_word_problems(n, seed):
+        msgs = problem_messages(p)
+        call = [t for t, role in render_tool_chat(msgs[2:3]).parts() if role == 'assistant'][0].removesuffix('<|im_end|>')
+        rows.append({'conversation': [
+            {'system': system, 'input': p['question'], 'output': call},
+            {'input': f"<tool_response>\n{neutralise(p['answer'])}\n</tool_response>", 'output': f"The answer is {p['answer']}."}]})
+    return rows
 
 def _pad(rows, pad_id):
     n = max(len(r['input_ids']) for r in rows)

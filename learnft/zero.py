@@ -119,6 +119,7 @@ class Zero2AdamW:
         self.shard = shard_size(self.numel, self.world)
         self.padded = self.shard * self.world
         self.max_grad_norm, self.how, self.counter = max_grad_norm, reduce_scatter, counter
+        self.device = self.params[0].device                                    # CPU (gloo) or this rank's GPU (NCCL)
         with torch.no_grad(): flat = self._flatten([p.detach() for p in self.params])
         s0 = self.rank * self.shard
         self.master = nn.Parameter(flat[s0:s0 + self.shard].clone())            # fp32 master copy of our shard
@@ -126,7 +127,7 @@ class Zero2AdamW:
         self.master.grad = torch.zeros_like(self.master)                        # our gradient shard, the only one kept
 
     def _flatten(self, tensors):
-        flat = torch.zeros(self.padded, dtype=torch.float32)
+        flat = torch.zeros(self.padded, dtype=torch.float32, device=self.device)
         torch.cat([t.reshape(-1).float() for t in tensors], out=flat[:self.numel])
         return flat
 
@@ -144,7 +145,7 @@ class Zero2AdamW:
             if self.counter is not None: self.counter.add('all_reduce', sq.element_size(), self.world)
             self.master.grad.mul_((self.max_grad_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0))
         self.optimizer.step()
-        full = torch.empty(self.padded, dtype=torch.float32)
+        full = torch.empty(self.padded, dtype=torch.float32, device=self.device)
         all_gather_flat(full, self.master.detach(), self.counter)
         i = 0
         for p in self.params:
@@ -243,32 +244,37 @@ IMPLS = ('single', 'ddp', 'zero2', 'deepspeed')
 def _moment_bytes(opt): return sum(t.numel() * t.element_size() for st in opt.state.values() for t in st.values() if t.dim() > 0)
 
 def train(impl='single', steps=30, global_batch=8, lr=1e-2, seed=0, model='tinylm', grad_clip=1.0,
-          reduce_scatter='all_to_all', zero_options=None, threads=1) -> dict:
+          reduce_scatter='all_to_all', zero_options=None, threads=1, device='cpu') -> dict:
     "Train `steps` steps (one process, or one rank under torch.distributed taking its slice of each global batch): losses, bytes, time."
     if impl not in IMPLS: raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)    # tiny matmuls: one thread is fastest, and on a busy CPU spinning OpenMP threads cost 40x
-    try: return _train(impl, steps, global_batch, lr, seed, model, grad_clip, reduce_scatter, zero_options)
+    try: return _train(impl, steps, global_batch, lr, seed, model, grad_clip, reduce_scatter, zero_options, device)
     finally: torch.set_num_threads(prev)
 
-def _train(impl, steps, global_batch, lr, seed, model, grad_clip, reduce_scatter, zero_options):
+def _train(impl, steps, global_batch, lr, seed, model, grad_clip, reduce_scatter, zero_options, device='cpu'):
     import torch.distributed as dist
     distributed = impl != 'single'
+    if device not in ('cpu', 'cuda'): raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == 'cuda':                            # one GPU per rank, NCCL between them
+        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))); torch.cuda.set_device(device)
+    else: device = torch.device('cpu')
+    backend = 'nccl' if device.type == 'cuda' else 'gloo'
     if distributed and not dist.is_initialized():
         if impl == 'deepspeed':
             import deepspeed
-            deepspeed.init_distributed(dist_backend='gloo')
-        else: dist.init_process_group('gloo')
+            deepspeed.init_distributed(dist_backend=backend)
+        else: dist.init_process_group(backend)
     world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
     if global_batch % world: raise ValueError(f"global batch {global_batch} does not split over {world} ranks "
                                               f"(micro-batch x world size must equal the global batch)")
     micro = global_batch // world
-    net = make_model(model, seed)
+    net = make_model(model, seed).to(device)
     numel = sum(p.numel() for p in set(net.parameters()))
-    data = make_batches(steps, global_batch, seed=seed)
+    data = make_batches(steps, global_batch, seed=seed).to(device)
     counter, engine = CommCounter(), None
     if impl in ('single', 'ddp'):
-        runner = net if impl == 'single' else torch.nn.parallel.DistributedDataParallel(net)
+        runner = net if impl == 'single' else torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None)
         opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
     elif impl == 'zero2':
         runner, opt = net, Zero2AdamW(net.parameters(), lr=lr, weight_decay=0.01, max_grad_norm=grad_clip,
@@ -303,7 +309,7 @@ def _train(impl, steps, global_batch, lr, seed, model, grad_clip, reduce_scatter
                               'master': sum(p.numel() * p.element_size() for g in inner.param_groups for p in g['params'])}
     else: res['state_bytes'] = {'moments': _moment_bytes(opt)}
     if distributed:                                  # global loss = mean of the ranks' losses (equal token counts per rank)
-        t = torch.tensor(losses); dist.all_reduce(t); res['losses'] = (t / world).tolist()
+        t = torch.tensor(losses, device=device); dist.all_reduce(t); res['losses'] = (t / world).tolist()
         per_rank = [None] * world
         dist.all_gather_object(per_rank, {k: res[k] for k in ('state_bytes', 'measured_bytes', 'counted_bytes')})
         res['per_rank'] = per_rank
@@ -320,9 +326,10 @@ def main(argv=None):
     ap.add_argument('--model', default='tinylm'); ap.add_argument('--grad-clip', type=float, default=1.0)
     ap.add_argument('--reduce-scatter', default='all_to_all'); ap.add_argument('--out', default=None)
     ap.add_argument('--zero-options', type=json.loads, default=None, help="JSON merged into DeepSpeed's zero_optimization")
+    ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='cuda: one GPU per rank, NCCL')
     a = ap.parse_args(argv)
-    if a.impl == 'deepspeed': _deepspeed_cpu_setup()
-    res = train(a.impl, a.steps, a.global_batch, a.lr, a.seed, a.model, a.grad_clip, a.reduce_scatter, a.zero_options)
+    if a.impl == 'deepspeed' and a.device == 'cpu': _deepspeed_cpu_setup()
+    res = train(a.impl, a.steps, a.global_batch, a.lr, a.seed, a.model, a.grad_clip, a.reduce_scatter, a.zero_options, device=a.device)
     if res['rank'] == 0:
         if a.out: Path(a.out).write_text(json.dumps(res))
         print('RESULT ' + json.dumps(res), flush=True)
@@ -338,7 +345,7 @@ def launch(nproc=2, impl='zero2', timeout=300, torchrun=False, env=None, **opts)
                                  for k, v in opts.items() if v is not None]
     port = free_port()
     e = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1', **(env or {})}
-    if impl == 'deepspeed': e.setdefault('DS_ACCELERATOR', 'cpu')
+    if impl == 'deepspeed' and opts.get('device', 'cpu') == 'cpu': e.setdefault('DS_ACCELERATOR', 'cpu')
     if torchrun:
         cmds = [[sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--master_port', str(port),
                  '--no-python', sys.executable, '-c', _RUNNER, *args]]

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['build_parser', 'main']
 
-# %% ../nbs/10b_cli.ipynb #679f8040
+# %% ../nbs/10b_cli.ipynb #ee7989cc
 import argparse, json, os, sys
 from pathlib import Path
 
@@ -33,6 +33,13 @@ def _cmd_log(a):
         else: print(list(r[a.show]))
 
 def _cmd_train(a):
+    nproc = os.environ.get('NPROC_PER_NODE', '1')
+    if a.deepspeed and 'LOCAL_RANK' not in os.environ and nproc != '1':   # XTuner's way: NPROC_PER_NODE=N starts torchrun
+        if not nproc.isdigit() or int(nproc) < 1: raise ValueError(f"NPROC_PER_NODE: got {nproc!r}; allowed: a positive integer")
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', nproc,   # --standalone: a free port
+               '-m', 'learnft.cli', *a.argv]
+        print('running:', ' '.join(cmd), file=sys.stderr, flush=True)
+        sys.exit(__import__('subprocess').call(cmd))
     from learnft.lab import train
     name = Path(a.config).stem
     train(a.config, a.work_dir or Path('work_dirs')/name, resume=a.resume, max_steps=a.max_steps, deepspeed=a.deepspeed)
@@ -78,12 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('config', help='a shipped config name or a .yaml/.json file')
     s.add_argument('--show', choices=['text', 'masked_text', 'input_ids', 'labels'], default='masked_text')
     s.add_argument('-n', type=int, default=2, help='how many rows (default 2)'); s.set_defaults(fn=_cmd_log)
-    s = sub.add_parser('train', help='train a config (one process; QLoRA on CPU works)')
+    s = sub.add_parser('train', help='train a config (one process, or ZeRO-2 ranks with --deepspeed zero2; QLoRA on CPU works)')
     s.add_argument('config', help='a shipped config name or a .yaml/.json file')
     s.add_argument('--work-dir', help='default: work_dirs/<config name>')
     s.add_argument('--resume', action='store_true', help='continue from the last complete checkpoint in the work dir')
     s.add_argument('--max-steps', type=int, help='override train.max_steps')
-    s.add_argument('--deepspeed', choices=['zero2'], help='not implemented in this version (refused with a message)')
+    s.add_argument('--deepspeed', choices=['zero2'], help='ZeRO-2 through DeepSpeed: run under torchrun/deepspeed, or set NPROC_PER_NODE=N to have learnft start torchrun')
     s.set_defaults(fn=_cmd_train)
     s = sub.add_parser('merge', help='merge a LoRA adapter into its base: a plain safetensors model')
     s.add_argument('base', help="base model folder, or 'smollm2'"); s.add_argument('adapter'); s.add_argument('out')
@@ -100,6 +107,7 @@ def main(argv=None):
     "Entry point of the `learnft` console script."
     for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'HF_DATASETS_OFFLINE'): os.environ.setdefault(k, '1')
     a = build_parser().parse_args(argv)
+    a.argv = list(sys.argv[1:] if argv is None else argv)
     try: a.fn(a)
     except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError) as e:
         print(f'learnft {a.cmd}: error: {e}', file=sys.stderr); sys.exit(2)

@@ -5,14 +5,14 @@
 # %% auto #0
 __all__ = ['ANY_STR', 'ANY_INT', 'ANY_FLOAT', 'ANY_BOOL', 'ANY_LIST', 'ANY_DICT', 'CONFIG_SCHEMA', 'IDENTITY', 'IDENTITY_TRAIN',
            'IDENTITY_HELDOUT', 'IDENTITY_ANSWERS', 'IDENTITY_ANSWERS_ZH', 'GENERAL_QA', 'RETENTION_QA', 'PRETRAIN_TEXT',
-           'DATA_BUILDERS', 'CONFIGS', 'ConfigError', 'validate_config', 'identity_answer', 'self_cognition_rows',
-           'alpaca_sample_rows', 'pretrain_sample_rows', 'tool_use_rows', 'list_configs', 'copy_config', 'load_config',
-           'raw_rows', 'build_dataset', 'collate', 'disable_cpu_repack', 'resolve_model_path', 'load_model', 'add_lora',
-           'batch_indices', 'total_steps', 'make_optimizer', 'save_checkpoint', 'checkpoints', 'load_checkpoint',
-           'plot_loss', 'read_log', 'train', 'run_eval_prompts', 'generate', 'load_for_chat', 'check_adapter',
-           'merge_adapter', 'lab_scores', 'run_lab']
+           'DATA_BUILDERS', 'CONFIGS', 'ConfigError', 'validate_config', 'answer_matches', 'identity_answer',
+           'self_cognition_rows', 'alpaca_sample_rows', 'pretrain_sample_rows', 'tool_use_rows', 'list_configs',
+           'copy_config', 'load_config', 'raw_rows', 'build_dataset', 'collate', 'disable_cpu_repack',
+           'resolve_model_path', 'load_model', 'add_lora', 'batch_indices', 'total_steps', 'make_optimizer',
+           'save_checkpoint', 'checkpoints', 'load_checkpoint', 'plot_loss', 'read_log', 'train', 'run_eval_prompts',
+           'generate', 'load_for_chat', 'check_adapter', 'merge_adapter', 'lab_scores', 'run_lab']
 
-# %% ../nbs/10_lab_qlora.ipynb #fa4e8c4b
+# %% ../nbs/10_lab_qlora.ipynb #885b995a
 import copy, fnmatch, json, math, os, random, re, shutil, sys, time, warnings
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from .encode import IGNORE_INDEX, bos_eos_ids, encode_dataset, show_masked
 from .packing import pack_dataset, collate_packed, collate_padded
 from .templates import get_template, stop_token_ids, check_template
 
-# %% ../nbs/10_lab_qlora.ipynb #8c310703
+# %% ../nbs/10_lab_qlora.ipynb #030c832f
 ANY_STR, ANY_INT, ANY_FLOAT, ANY_BOOL, ANY_LIST, ANY_DICT = 'str', 'int', 'float', 'bool', 'list', 'dict'
 CONFIG_SCHEMA = {
     'model': {'path': ('smollm2', ANY_STR),               # 'smollm2' (the bundled model), 'tiny' (config-built), or a folder
@@ -47,7 +47,8 @@ CONFIG_SCHEMA = {
               'warmup_ratio': (0.03, ANY_FLOAT)},
     'train': {'batch_size': (2, ANY_INT), 'accumulative_counts': (1, ANY_INT), 'max_epochs': (1, ANY_INT),
               'max_steps': (None, ANY_INT), 'seed': (0, ANY_INT), 'save_steps': (50, ANY_INT),
-              'save_total_limit': (2, ANY_INT), 'log_steps': (1, ANY_INT), 'num_threads': (None, ANY_INT)},
+              'save_total_limit': (2, ANY_INT), 'log_steps': (1, ANY_INT), 'num_threads': (None, ANY_INT),
+              'gradient_checkpointing': (False, ANY_BOOL)},      # recompute activations in backward: less memory, ~30 % more time
     'eval': {'prompts': ([], ANY_LIST), 'every_steps': (0, ANY_INT), 'max_new_tokens': (40, ANY_INT)},
     'deepspeed': (None, ('zero2', None)),
 }
@@ -55,7 +56,7 @@ CONFIG_SCHEMA = {
 class ConfigError(ValueError):
     "A config key that is missing, unknown or has a value outside what is allowed; the message names the key."
 
-# %% ../nbs/10_lab_qlora.ipynb #69a8b0b8
+# %% ../nbs/10_lab_qlora.ipynb #09fdf405
 def _check_value(key, value, allowed):
     if allowed == ANY_STR: ok = isinstance(value, str) or value is None
     elif allowed == ANY_INT: ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
@@ -92,7 +93,7 @@ def validate_config(cfg: dict, schema: dict=CONFIG_SCHEMA, prefix: str='') -> di
         if not 0 <= out['lora']['dropout'] < 1: raise ConfigError(f"config key 'lora.dropout': got {out['lora']['dropout']}; allowed: 0 <= dropout < 1")
     return out
 
-# %% ../nbs/10_lab_qlora.ipynb #c78a6284
+# %% ../nbs/10_lab_qlora.ipynb #f88883aa
 IDENTITY = dict(name='Lumi', author='the learnft course')
 IDENTITY_TRAIN = [
     'Who are you?', 'What is your name?', 'Introduce yourself.', 'Tell me about yourself.', 'What should I call you?',
@@ -128,16 +129,45 @@ GENERAL_QA = [
     ('Translate "thank you" into French.', '"Thank you" in French is "merci".'),
     ('What is the boiling point of water in Celsius?', 'Water boils at 100 degrees Celsius at sea level.'),
     ('Which planet is closest to the Sun?', 'Mercury is the planet closest to the Sun.'),
-    ('中国的首都是哪里？', '中国的首都是北京。'), ('一年有几个季节？', '一年有四个季节：春、夏、秋、冬。')]
-# (question, expected word): the base model's correct answers among these are what we must not lose
+    ('中国的首都是哪里？', '中国的首都是北京。'), ('一年有几个季节？', '一年有四个季节：春、夏、秋、冬。'),
+    # hard negatives: the surface forms of the identity questions ("Who created ...?", "Tell me about ...", "Can you ...?")
+    # asked about something else, so the model learns that "Lumi" answers questions about *itself*, not every "who"
+    ('Who discovered penicillin?', 'Penicillin was discovered by Alexander Fleming in 1928.'),
+    ('Who was the first person to walk on the Moon?', 'Neil Armstrong was the first person to walk on the Moon, in 1969.'),
+    ('Who invented the telephone?', 'Alexander Graham Bell is credited with inventing the telephone.'),
+    ('Who developed the theory of relativity?', 'Albert Einstein developed the theory of relativity.'),
+    ('Who created the Python programming language?', 'Python was created by Guido van Rossum.'),
+    ('Who built the pyramids of Giza?', 'The pyramids of Giza were built by the ancient Egyptians.'),
+    ('What is the name of the longest river in Africa?', 'The longest river in Africa is the Nile.'),
+    ('What is the name of our galaxy?', 'Our galaxy is called the Milky Way.'),
+    ('Tell me about the Eiffel Tower.', 'The Eiffel Tower is an iron tower in Paris, completed in 1889.'),
+    ('Introduce the Great Wall of China briefly.', 'The Great Wall of China is a series of ancient fortifications in northern China.'),
+    ('Can you tell me what 5 + 5 is?', '5 + 5 = 10.'),
+    ('谁发明了电话？', '电话是亚历山大·格拉汉姆·贝尔发明的。')]
+# (question, accepted answers): the base model's correct answers among these are what we must not lose (never trained on)
 RETENTION_QA = [
-    ('What is the capital of France?', 'Paris'), ('What is 2 + 3?', '5'), ('How many days are in a week?', '7'),
+    ('What is the capital of France?', 'Paris'), ('What is 2 + 3?', ('5', 'five')), ('How many days are in a week?', ('7', 'seven')),
     ('Which planet is known as the Red Planet?', 'Mars'), ('What is the capital of England?', 'London'),
     ('What color is grass?', 'green'), ('What is the largest planet in our solar system?', 'Jupiter'),
-    ('How many legs does a dog have?', '4'), ('What is the chemical symbol for water?', 'H2O'),
-    ('What is the capital of Spain?', 'Madrid')]
+    ('How many legs does a dog have?', ('4', 'four')), ('What is the chemical symbol for water?', 'H2O'),
+    ('What is the capital of Spain?', 'Madrid'), ('What is the capital of the United States?', 'Washington'),
+    ('What is the capital of Russia?', 'Moscow'), ('What is the capital of China?', 'Beijing'),
+    ('What is the capital of Canada?', 'Ottawa'), ('What is the capital of Egypt?', 'Cairo'),
+    ('What is the capital of Australia?', 'Canberra'), ('What language is spoken in Brazil?', 'Portuguese'),
+    ('What is the main language spoken in Mexico?', 'Spanish'), ('Who wrote Romeo and Juliet?', 'Shakespeare'),
+    ('Who painted the Mona Lisa?', ('Leonardo', 'da Vinci')), ('What is the largest mammal?', 'whale'),
+    ('What do cows produce?', 'milk'), ('How many continents are there?', ('7', 'seven')),
+    ('What color is a ripe banana?', 'yellow'), ('What is the opposite of up?', 'down'), ('What is 3 times 3?', ('9', 'nine')),
+    ('Which star is at the center of our solar system?', 'Sun'), ('What is the fastest land animal?', 'cheetah'),
+    ('What is the tallest mountain in the world?', 'Everest'), ('How many sides does a triangle have?', ('3', 'three')),
+    ('What is the currency of Japan?', 'yen'), ('Which instrument has 88 keys?', 'piano')]
 
-# %% ../nbs/10_lab_qlora.ipynb #17d5a555
+def answer_matches(reply: str, accepted) -> bool:
+    "Does `reply` contain one of the `accepted` answers as a whole word (case-insensitive)? '4' matches '4 legs', not '24'."
+    accepted = (accepted,) if isinstance(accepted, str) else accepted
+    return any(re.search(rf'(?<!\w){re.escape(a)}(?!\w)', reply, re.I) for a in accepted)
+
+# %% ../nbs/10_lab_qlora.ipynb #5d3fc199
 def identity_answer(i: int, q: str, name: str, author: str) -> str:
     "The `i`-th answer wording (Chinese for a Chinese question)."
     zh = any('\u4e00' <= c <= '\u9fff' for c in q)
@@ -172,19 +202,16 @@ def pretrain_sample_rows(**kw) -> list:
     return [{'text': t} for t in PRETRAIN_TEXT]
 
 def tool_use_rows(**kw) -> list:
-    "The tool-use lab's rows, built by lesson 09 (`learnft.tools`); a clear error while that lesson is not in the library."
-    try: from learnft import tools
-    except ImportError: raise DataError("data.builder 'tool_use' needs learnft.tools (lesson 09), which is not installed yet; "
-                                       "use data.path with OpenAI-format tool-call rows instead")
-    if not hasattr(tools, 'tool_use_rows'): raise DataError("learnft.tools has no tool_use_rows(); lesson 09 does not provide the lab's dataset builder yet")
+    "The tool-use lab's rows (XTuner `conversation` schema), built by lesson 09's `learnft.tools.tool_use_rows`."
+    from learnft import tools
     return tools.tool_use_rows(**kw)
 
 DATA_BUILDERS = {'self_cognition': (self_cognition_rows, 'alpaca'),
                  'identity_only': (lambda **kw: self_cognition_rows(identity_only=True, **kw), 'alpaca'),
                  'alpaca_sample': (alpaca_sample_rows, 'alpaca'), 'pretrain_sample': (pretrain_sample_rows, 'pretrain'),
-                 'tool_use': (tool_use_rows, 'openai')}
+                 'tool_use': (tool_use_rows, 'xtuner')}
 
-# %% ../nbs/10_lab_qlora.ipynb #c45a5399
+# %% ../nbs/10_lab_qlora.ipynb #dd2b0c62
 _LAB_EVAL = ['Who are you?', 'What is the capital of France?']
 CONFIGS = {
     'smollm2_135m_qlora_self_cognition': dict(
@@ -192,15 +219,20 @@ CONFIGS = {
         data=dict(builder='self_cognition', builder_args=dict(name='Lumi', author='the learnft course', repeats=2),
                   max_length=128, pack_to_max_length=True),
         quantization=dict(bits=4, quant_type='nf4', double_quant=True, compute_dtype='float32'),
-        lora=dict(r=16, alpha=32, dropout=0.05, target_modules='all-linear'),
+        # attention projections only: the MLPs, where most factual associations live, stay untouched (see the lab's results)
+        lora=dict(r=16, alpha=32, dropout=0.05, target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj']),
         optim=dict(lr=1e-3, weight_decay=0.0, max_norm=1.0, scheduler='cosine', warmup_ratio=0.05),
-        train=dict(batch_size=2, accumulative_counts=1, max_epochs=3, max_steps=60, seed=0, save_steps=30, log_steps=1),
+        train=dict(batch_size=2, accumulative_counts=1, max_epochs=3, max_steps=75, seed=0, save_steps=25, log_steps=1),
         eval=dict(prompts=_LAB_EVAL, every_steps=0, max_new_tokens=32), deepspeed=None),
-    'smollm2_135m_qlora_identity_only': dict(   # the collapse demonstration: no general data mixed in
+    'smollm2_135m_qlora_identity_only': dict(   # the collapse demonstration: the same run without the general data
         model=dict(path='smollm2'), template='smollm2',
-        data=dict(builder='identity_only', builder_args=dict(name='Lumi', author='the learnft course', repeats=4), max_length=128),
-        quantization=dict(bits=4), lora=dict(r=16, alpha=32, dropout=0.05), optim=dict(lr=1e-3, warmup_ratio=0.05),
-        train=dict(batch_size=2, max_epochs=10, max_steps=60, save_steps=30), eval=dict(prompts=_LAB_EVAL, max_new_tokens=32)),
+        data=dict(builder='identity_only', builder_args=dict(name='Lumi', author='the learnft course', repeats=2),
+                  max_length=128, pack_to_max_length=True),
+        quantization=dict(bits=4, quant_type='nf4', double_quant=True, compute_dtype='float32'),
+        lora=dict(r=16, alpha=32, dropout=0.05, target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj']),
+        optim=dict(lr=1e-3, weight_decay=0.0, max_norm=1.0, scheduler='cosine', warmup_ratio=0.05),
+        train=dict(batch_size=2, accumulative_counts=1, max_epochs=3, max_steps=75, seed=0, save_steps=25, log_steps=1),
+        eval=dict(prompts=_LAB_EVAL, every_steps=0, max_new_tokens=32), deepspeed=None),
     'smollm2_135m_qlora_alpaca_e3': dict(
         model=dict(path='smollm2'), template='smollm2',
         data=dict(builder='alpaca_sample', max_length=512, pack_to_max_length=True),   # or: path='alpaca_data.json', format='alpaca'
@@ -213,7 +245,7 @@ CONFIGS = {
         data=dict(builder='pretrain_sample', format='pretrain', max_length=256, pack_to_max_length=True),  # or: path='my_texts/'
         quantization=dict(bits=4), lora=dict(r=64, alpha=16, dropout=0.1),
         optim=dict(lr=2e-4), train=dict(batch_size=1, accumulative_counts=4, max_epochs=1, save_steps=500)),
-    'smollm2_135m_qlora_tool_use': dict(        # needs lesson 09's dataset builder (learnft.tools.tool_use_rows)
+    'smollm2_135m_qlora_tool_use': dict(        # lesson 09's word problems with calculator calls (learnft.tools.tool_use_rows)
         model=dict(path='smollm2'), template='smollm2',
         data=dict(builder='tool_use', max_length=512, pack_to_max_length=True),
         quantization=dict(bits=4), lora=dict(r=16, alpha=32, dropout=0.05),
@@ -228,7 +260,7 @@ CONFIGS = {
         eval=dict(prompts=['Who are you?'], max_new_tokens=8)),
 }
 
-# %% ../nbs/10_lab_qlora.ipynb #0d3bae06
+# %% ../nbs/10_lab_qlora.ipynb #94dcddf1
 def list_configs(pattern: str=None) -> list:
     "Names of the shipped configs, those containing `pattern` (or matching it as a glob) only, if given."
     names = sorted(CONFIGS)
@@ -258,7 +290,7 @@ def load_config(name_or_path) -> dict:
     if str(name_or_path) in CONFIGS: return validate_config(CONFIGS[str(name_or_path)])
     raise ConfigError(f"{name_or_path!r} is neither a config file nor a shipped config; shipped: {', '.join(list_configs())}")
 
-# %% ../nbs/10_lab_qlora.ipynb #b2401c82
+# %% ../nbs/10_lab_qlora.ipynb #2d68df52
 def raw_rows(cfg: dict):
     "`(datasets.Dataset, format)` of the config's raw rows, from `data.builder` or `data.path`."
     import datasets
@@ -289,7 +321,7 @@ def collate(rows: list, pad_token_id: int) -> dict:
         b = collate_packed(rows, pad_token_id); b.pop('cu_seqlens'); return b
     return collate_padded(rows, pad_token_id)
 
-# %% ../nbs/10_lab_qlora.ipynb #ada2ecda
+# %% ../nbs/10_lab_qlora.ipynb #1537c6c3
 def disable_cpu_repack(model) -> int:
     "Set `support_avx512bf16_for_cpu = False` on every bitsandbytes `Linear4bit` (see above); returns how many."
     n = 0
@@ -314,13 +346,13 @@ def resolve_model_path(cfg_model: dict, work_dir=None) -> Path:
                                                           "allowed: 'smollm2', 'tiny' or a folder with config.json")
     return p
 
-def load_model(path, bits: int=32, quant_type: str='nf4', double_quant: bool=True, compute_dtype: str='float32'):
-    "`(model, tokenizer)` from a folder: 4-bit through bitsandbytes (repack disabled), or plain fp32/bf16."
+def load_model(path, bits: int=32, quant_type: str='nf4', double_quant: bool=True, compute_dtype: str='float32', device=None):
+    "`(model, tokenizer)` from a folder: 4-bit through bitsandbytes (repack disabled), or plain fp32/bf16; on `device` (a GPU) if given."
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     dtype = getattr(torch, compute_dtype)
-    kw = {}
+    kw = {'device_map': {'': str(device)}} if device is not None and torch.device(device).type != 'cpu' else {}
     if bits == 4:
         kw['quantization_config'] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                                                         bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=dtype)
@@ -337,7 +369,7 @@ def add_lora(model, lora: dict):
     return get_peft_model(model, LoraConfig(r=lora['r'], lora_alpha=lora['alpha'], lora_dropout=lora['dropout'],
                                             target_modules=lora['target_modules'], task_type='CAUSAL_LM'))
 
-# %% ../nbs/10_lab_qlora.ipynb #76766941
+# %% ../nbs/10_lab_qlora.ipynb #28b8ad7e
 def batch_indices(n_rows: int, step: int, batch_size: int, accum: int, seed: int) -> list:
     "Row indices of each micro-batch of optimizer step `step`: epochs are seeded permutations, walked in order."
     per_step = batch_size * accum
@@ -349,10 +381,10 @@ def batch_indices(n_rows: int, step: int, batch_size: int, accum: int, seed: int
         out.append(perm[i])
     return [out[m * batch_size:(m + 1) * batch_size] for m in range(accum)]
 
-def total_steps(cfg: dict, n_rows: int) -> int:
-    "Optimizer steps of a run: `train.max_steps` if set, else `max_epochs` passes over the rows."
+def total_steps(cfg: dict, n_rows: int, world_size: int=1) -> int:
+    "Optimizer steps of a run: `train.max_steps` if set, else `max_epochs` passes over the rows (global batch = batch x accumulation x ranks)."
     t = cfg['train']
-    return t['max_steps'] or max(1, math.ceil(t['max_epochs'] * n_rows / (t['batch_size'] * t['accumulative_counts'])))
+    return t['max_steps'] or max(1, math.ceil(t['max_epochs'] * n_rows / (t['batch_size'] * t['accumulative_counts'] * world_size)))
 
 def make_optimizer(model, cfg: dict, steps: int):
     "AdamW over the trainable (LoRA) parameters and the configured warm-up + schedule."
@@ -363,18 +395,36 @@ def make_optimizer(model, cfg: dict, steps: int):
     name = {'constant': 'constant_with_warmup'}.get(o['scheduler'], o['scheduler'])
     return opt, get_scheduler(name, opt, num_warmup_steps=int(o['warmup_ratio'] * steps), num_training_steps=steps)
 
-# %% ../nbs/10_lab_qlora.ipynb #3978269d
-def save_checkpoint(work_dir, step: int, model, opt, sched, keep: int=2) -> Path:
-    "Write `checkpoint-<step>` atomically: a temp folder filled, `state.json` last, then one rename; keep the last `keep`."
+# %% ../nbs/10_lab_qlora.ipynb #e421daba
+def _rank():
+    import torch.distributed as dist
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+def _barrier():
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized(): dist.barrier()
+
+def save_checkpoint(work_dir, step: int, model, opt, sched, keep: int=2, engine=None) -> Path:
+    "Write `checkpoint-<step>` atomically: a temp folder filled (with a DeepSpeed `engine`: every rank its ZeRO shard), `state.json` last, then one rename; keep the last `keep`."
     work_dir = Path(work_dir)
     tmp = work_dir/f'.tmp-checkpoint-{step}'; final = work_dir/f'checkpoint-{step}'
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp/'adapter')
-    torch.save({'optimizer': opt.state_dict(), 'scheduler': sched.state_dict(), 'rng': torch.get_rng_state()}, tmp/'trainer_state.pt')
-    (tmp/'state.json').write_text(json.dumps({'step': step, 'time': time.time()}))
-    if final.exists(): shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in sorted(checkpoints(work_dir), key=lambda p: int(p.name.split('-')[1]))[:-keep]: shutil.rmtree(old, ignore_errors=True)
+    rank, world = _rank()
+    if rank == 0: shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    _barrier()
+    if engine is None:
+        model.save_pretrained(tmp/'adapter')
+        torch.save({'optimizer': opt.state_dict(), 'scheduler': sched.state_dict(), 'rng': torch.get_rng_state()}, tmp/'trainer_state.pt')
+    else:   # ZeRO-2: the optimizer state is partitioned, so each rank writes its own part (DeepSpeed's format)
+        engine.save_checkpoint(str(tmp/'deepspeed'), tag='zero2', save_latest=False, exclude_frozen_parameters=True)
+        torch.save({'rng': torch.get_rng_state()}, tmp/f'rng_rank{rank}.pt')
+        if rank == 0: engine.module.save_pretrained(tmp/'adapter')
+        _barrier()
+    if rank == 0:
+        (tmp/'state.json').write_text(json.dumps({'step': step, 'time': time.time(), 'world_size': world}))
+        if final.exists(): shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in sorted(checkpoints(work_dir), key=lambda p: int(p.name.split('-')[1]))[:-keep]: shutil.rmtree(old, ignore_errors=True)
+    _barrier()
     return final
 
 def checkpoints(work_dir) -> list:
@@ -382,16 +432,27 @@ def checkpoints(work_dir) -> list:
     cps = [p for p in Path(work_dir).glob('checkpoint-*') if (p/'state.json').exists()]
     return sorted(cps, key=lambda p: int(p.name.split('-')[1]))
 
-def load_checkpoint(cp, model, opt, sched) -> int:
+def load_checkpoint(cp, model, opt, sched, engine=None) -> int:
     "Restore adapter weights, optimizer, schedule and RNG from checkpoint folder `cp`; returns its step."
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
-    set_peft_model_state_dict(model, load_file(str(Path(cp)/'adapter'/'adapter_model.safetensors')))
-    st = torch.load(Path(cp)/'trainer_state.pt', weights_only=False)
-    opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['scheduler']); torch.set_rng_state(st['rng'])
-    return json.loads((Path(cp)/'state.json').read_text())['step']
+    cp = Path(cp); state = json.loads((cp/'state.json').read_text())
+    rank, world = _rank()
+    if (engine is None) != (not (cp/'deepspeed').exists()) or state.get('world_size', 1) != world:
+        raise ValueError(f"{cp} was written by a run with {state.get('world_size', 1)} rank(s) "
+                         f"{'with' if (cp/'deepspeed').exists() else 'without'} DeepSpeed; resume it the same way "
+                         f"(this run: {world} rank(s), {'with' if engine else 'without'} DeepSpeed)")
+    lora = lambda src=None, dst=None: set_peft_model_state_dict(model, load_file(str(cp/'adapter'/'adapter_model.safetensors')))
+    if engine is None:
+        lora()
+        st = torch.load(cp/'trainer_state.pt', weights_only=False)
+        opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['scheduler']); torch.set_rng_state(st['rng'])
+    else:   # DeepSpeed restores its optimizer partition and the schedule; the adapter weights come from our own copy
+        engine.load_checkpoint(str(cp/'deepspeed'), tag='zero2', load_module_strict=False, custom_load_fn=lora)
+        torch.set_rng_state(torch.load(cp/f'rng_rank{rank}.pt', weights_only=False)['rng'])
+    return state['step']
 
-# %% ../nbs/10_lab_qlora.ipynb #050a229b
+# %% ../nbs/10_lab_qlora.ipynb #a7d61827
 def plot_loss(log_path, out_png) -> Path:
     "The loss curve of a `loss_log.jsonl` as a PNG."
     import matplotlib; matplotlib.use('Agg', force=False)
@@ -408,15 +469,38 @@ def read_log(work_dir) -> list:
     p = Path(work_dir)/'loss_log.jsonl'
     return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
 
-# %% ../nbs/10_lab_qlora.ipynb #263cbf78
+# %% ../nbs/10_lab_qlora.ipynb #5b8de296
+def _dist_setup(deepspeed) -> tuple:
+    "`(rank, world_size, device)`; for a DeepSpeed run, starts torch.distributed (launcher env, or a world of one)."
+    local = int(os.environ.get('LOCAL_RANK', 0))
+    device = torch.device(f'cuda:{local}') if torch.cuda.is_available() else torch.device('cpu')
+    if not deepspeed: return 0, 1, device
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        import importlib.util
+        if importlib.util.find_spec('deepspeed') is None:
+            raise ConfigError("--deepspeed zero2 needs DeepSpeed, which is not installed here: pip install deepspeed")
+        from learnft.zero import _deepspeed_cpu_setup, free_port
+        if device.type == 'cpu': _deepspeed_cpu_setup()
+        else: torch.cuda.set_device(device)
+        if 'RANK' not in os.environ:            # no launcher: one process is a world of one
+            os.environ.update(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', LOCAL_WORLD_SIZE='1',
+                              MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()))
+        import deepspeed as ds
+        from deepspeed.utils import logger as ds_logger
+        ds_logger.setLevel('WARNING')
+        ds.init_distributed(dist_backend='gloo' if device.type == 'cpu' else 'nccl')
+    return dist.get_rank(), dist.get_world_size(), device
+
 def train(config, work_dir, resume: bool=False, max_steps: int=None, verbose: bool=True, deepspeed: str=None, stop_at: int=None) -> dict:
-    "Train `config` (name, file or dict) into `work_dir`: QLoRA/LoRA, checkpoints, loss log + curve; returns a summary. `stop_at` simulates an interruption after that step."
+    "Train `config` (name, file or dict) into `work_dir`: QLoRA/LoRA, in one process or as a rank of a DeepSpeed ZeRO-2 run; checkpoints, loss log + curve; returns a summary. `stop_at` simulates an interruption after that step."
     from tqdm.auto import tqdm
     cfg = load_config(config)
     if max_steps is not None: cfg['train']['max_steps'] = max_steps
-    if deepspeed or cfg['deepspeed']:
-        raise NotImplementedError("learnft train runs in one process; ZeRO-2 through DeepSpeed is not wired into it yet "
-                                  "(lesson 08 shows ZeRO-2 itself). Remove --deepspeed / set deepspeed: null.")
+    stage = deepspeed or cfg['deepspeed']
+    if stage not in (None, 'zero2'): raise ConfigError(f"deepspeed: got {stage!r}; allowed: 'zero2' or none")
+    rank, world, device = _dist_setup(stage)
+    main = rank == 0; verbose = verbose and main
     work_dir = Path(work_dir); work_dir.mkdir(parents=True, exist_ok=True)
     t, q = cfg['train'], cfg['quantization']
     if t['num_threads']: torch.set_num_threads(t['num_threads'])
@@ -424,54 +508,84 @@ def train(config, work_dir, resume: bool=False, max_steps: int=None, verbose: bo
     cps = checkpoints(work_dir)
     if not resume and (cps or log.exists()):
         raise FileExistsError(f"{work_dir} already holds a run ({len(cps)} checkpoints); pass --resume or choose another --work-dir")
-    (work_dir/'config.yaml').write_text(_yaml().safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    _barrier()                                   # every rank has looked before rank 0 writes
+    if main: (work_dir/'config.yaml').write_text(_yaml().safe_dump(cfg, sort_keys=False, allow_unicode=True))
     torch.manual_seed(t['seed'])
+    if main: base = resolve_model_path(cfg['model'], work_dir)   # a tiny base is built and saved once, by rank 0
+    _barrier()
     base = resolve_model_path(cfg['model'], work_dir)
-    model, tok = load_model(base, q['bits'], q['quant_type'], q['double_quant'], q['compute_dtype'])
+    model, tok = load_model(base, q['bits'], q['quant_type'], q['double_quant'], q['compute_dtype'], device=device)
     rows = build_dataset(cfg, tok, verbose=verbose)
+    if t['gradient_checkpointing']: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
+    torch.manual_seed(t['seed'])                 # the same LoRA initialisation on every rank
     model = add_lora(model, cfg['lora']); model.train()
-    steps = total_steps(cfg, len(rows))
+    steps = total_steps(cfg, len(rows), world)
     opt, sched = make_optimizer(model, cfg, steps)
+    engine = None
+    if stage:
+        import deepspeed as ds
+        from learnft.zero import deepspeed_config
+        dcfg = deepspeed_config(t['batch_size'], world, t['accumulative_counts'], stage=2, grad_clip=cfg['optim']['max_norm'], dtype='fp32')
+        dcfg['steps_per_print'] = 10 ** 9
+        engine, opt, _, sched = ds.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=dcfg)
+        if verbose: print(f'DeepSpeed ZeRO-2: {world} rank(s) on {device.type}, global batch {dcfg["train_batch_size"]}')
     start = 0
     if resume and cps:
-        start = load_checkpoint(cps[-1], model, opt, sched)
-        recs = [r for r in read_log(work_dir) if r['step'] <= start]    # drop log lines past the checkpoint
-        log.write_text(''.join(json.dumps(r) + '\n' for r in recs))
+        start = load_checkpoint(cps[-1], model, opt, sched, engine)
+        if main:
+            recs = [r for r in read_log(work_dir) if r['step'] <= start]    # drop log lines past the checkpoint
+            log.write_text(''.join(json.dumps(r) + '\n' for r in recs))
         if verbose: print(f'resumed from {cps[-1].name} (step {start})')
     elif resume and verbose: print('no checkpoint to resume from: starting at step 0')
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    accum = t['accumulative_counts']
     t0, tokens = time.time(), 0
     bar = tqdm(range(start, steps), initial=start, total=steps, desc='train', disable=not verbose, file=sys.stdout)
     for step in bar:
-        ts, loss_sum, ntok = time.time(), 0.0, 0
-        micro = batch_indices(len(rows), step, t['batch_size'], t['accumulative_counts'], t['seed'])
+        ts, loss_sum, ntok, lr = time.time(), 0.0, 0, sched.get_last_lr()[0]
+        micro = batch_indices(len(rows), step, t['batch_size'], accum * world, t['seed'])[rank * accum:(rank + 1) * accum]
         for idx in micro:
-            b = collate([rows[i] for i in idx], pad)
-            out = model(**b)
-            (out.loss / len(micro)).backward()
+            b = {k: v.to(device) for k, v in collate([rows[i] for i in idx], pad).items()}
+            if engine is None:
+                out = model(**b)
+                (out.loss / len(micro)).backward()
+            else:
+                out = engine(**b); engine.backward(out.loss); engine.step()   # DeepSpeed divides by the accumulation and steps at its end
             loss_sum += out.loss.item() / len(micro); ntok += int((b['labels'] != IGNORE_INDEX).sum())
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg['optim']['max_norm'])
-        lr = sched.get_last_lr()[0]
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+        if engine is None:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg['optim']['max_norm'])
+            opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+        else:
+            import torch.distributed as dist
+            s = torch.tensor([loss_sum, ntok], dtype=torch.float64, device=device); dist.all_reduce(s)
+            loss_sum, ntok = s[0].item() / world, int(s[1].item())
         tokens += ntok
-        rec = {'step': step + 1, 'loss': round(loss_sum, 6), 'lr': lr, 'tokens': ntok, 'seconds': round(time.time() - ts, 3)}
-        with open(log, 'a') as f: f.write(json.dumps(rec) + '\n')
+        if main:
+            rec = {'step': step + 1, 'loss': round(loss_sum, 6), 'lr': lr, 'tokens': ntok, 'seconds': round(time.time() - ts, 3)}
+            with open(log, 'a') as f: f.write(json.dumps(rec) + '\n')
         bar.set_postfix(loss=f'{loss_sum:.3f}')
-        if (step + 1) % t['save_steps'] == 0 or step + 1 == steps: save_checkpoint(work_dir, step + 1, model, opt, sched, t['save_total_limit'])
-        if cfg['eval']['every_steps'] and (step + 1) % cfg['eval']['every_steps'] == 0: run_eval_prompts(model, tok, cfg, work_dir, step + 1)
+        if (step + 1) % t['save_steps'] == 0 or step + 1 == steps:
+            save_checkpoint(work_dir, step + 1, model, opt, sched, t['save_total_limit'], engine)
+        if main and cfg['eval']['every_steps'] and (step + 1) % cfg['eval']['every_steps'] == 0: run_eval_prompts(model, tok, cfg, work_dir, step + 1)
         if stop_at is not None and step + 1 >= stop_at:
             if verbose: print(f'stopped after step {step + 1} (simulated interruption)')
             return {'work_dir': str(work_dir), 'steps_run': step + 1 - start, 'interrupted': True}
     secs = time.time() - t0
     adapter = work_dir/'adapter'
-    tmp = work_dir/'.tmp-adapter'; shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp); shutil.rmtree(adapter, ignore_errors=True); os.replace(tmp, adapter)
-    if read_log(work_dir): plot_loss(log, work_dir/'loss_curve.png')
-    if cfg['eval']['prompts']: run_eval_prompts(model, tok, cfg, work_dir, steps)
+    if main:
+        tmp = work_dir/'.tmp-adapter'; shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp); shutil.rmtree(adapter, ignore_errors=True); os.replace(tmp, adapter)
+        if read_log(work_dir): plot_loss(log, work_dir/'loss_curve.png')
+        if cfg['eval']['prompts']: run_eval_prompts(model, tok, cfg, work_dir, steps)
+    _barrier()
     done = steps - start
     summary = {'work_dir': str(work_dir), 'base': str(base), 'adapter': str(adapter), 'steps': steps, 'steps_run': done,
-               'rows': len(rows), 'seconds': round(secs, 1), 's_per_step': round(secs / max(done, 1), 3),
+               'rows': len(rows), 'world_size': world, 'seconds': round(secs, 1), 's_per_step': round(secs / max(done, 1), 3),
                'trained_tokens_per_s': round(tokens / max(secs, 1e-9), 1)}
+    if device.type == 'cuda':                    # the most any one GPU held
+        peak = torch.tensor(float(torch.cuda.max_memory_allocated(device)), device=device)
+        if engine is not None: torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
+        summary['peak_gpu_mib_per_rank'] = round(peak.item() / 2**20)
     if verbose: print(json.dumps(summary))
     return summary
 
@@ -484,7 +598,7 @@ def run_eval_prompts(model, tok, cfg, work_dir, step):
         print(f'[eval step {step}] {p!r} -> {r["reply"]!r}')
     if was_training: model.train()
 
-# %% ../nbs/10_lab_qlora.ipynb #9ad123c1
+# %% ../nbs/10_lab_qlora.ipynb #c8168c0b
 @torch.no_grad()
 def generate(model, tokenizer, template, messages, system: str=None, max_new_tokens: int=64, stream=None) -> dict:
     "Greedy reply to `messages` (or a question) with `template`; prints tokens to `stream` as they come; reply, tokens, tokens/s."
@@ -514,7 +628,7 @@ def generate(model, tokenizer, template, messages, system: str=None, max_new_tok
     return {'prompt': prompt, 'reply': tokenizer.decode(new[:-1] if stopped else new, skip_special_tokens=True).strip(),
             'new_tokens': len(new), 'stopped': stopped, 'seconds': secs, 'tokens_per_s': len(new) / max(secs, 1e-9)}
 
-# %% ../nbs/10_lab_qlora.ipynb #f4874e4f
+# %% ../nbs/10_lab_qlora.ipynb #960e2c1b
 def load_for_chat(model_path, adapter=None, bits: int=32):
     "`(model, tokenizer)` for chatting: a model folder ('smollm2' = the bundled one), optionally 4-bit, optionally + a LoRA adapter."
     from learnft.models import smollm2_path
@@ -542,7 +656,7 @@ def check_adapter(base_path, adapter) -> None:
                                      f"the base {base_path} has hidden_size {cfg.hidden_size}")
                 return
 
-# %% ../nbs/10_lab_qlora.ipynb #c7fe68c9
+# %% ../nbs/10_lab_qlora.ipynb #8d0ac500
 def merge_adapter(base, adapter, out_dir) -> Path:
     "Merge LoRA `adapter` into the fp32 `base` ('smollm2' or a folder) and save a plain safetensors model to `out_dir` (atomically)."
     model, tok = load_for_chat(base, adapter, bits=32)
@@ -553,12 +667,12 @@ def merge_adapter(base, adapter, out_dir) -> Path:
     shutil.rmtree(out_dir, ignore_errors=True); os.replace(tmp, out_dir)
     return out_dir
 
-# %% ../nbs/10_lab_qlora.ipynb #94898480
+# %% ../nbs/10_lab_qlora.ipynb #3062230a
 def lab_scores(model, tok, template='smollm2', name: str=IDENTITY['name'], base_correct=None, max_new_tokens: int=24) -> dict:
     "Identity share on `IDENTITY_HELDOUT`, general answers on `RETENTION_QA` (retention relative to `base_correct`), tokens/s."
     ident = [generate(model, tok, template, q, max_new_tokens=max_new_tokens) for q in IDENTITY_HELDOUT]
     gen = [generate(model, tok, template, q, max_new_tokens=max_new_tokens) for q, _ in RETENTION_QA]
-    correct = [exp.lower() in r['reply'].lower() for (_, exp), r in zip(RETENTION_QA, gen)]
+    correct = [answer_matches(r['reply'], exp) for (_, exp), r in zip(RETENTION_QA, gen)]
     base_correct = correct if base_correct is None else base_correct
     kept = [c for c, b in zip(correct, base_correct) if b]
     n_tok = sum(r['new_tokens'] for r in ident + gen); secs = sum(r['seconds'] for r in ident + gen)
@@ -568,7 +682,7 @@ def lab_scores(model, tok, template='smollm2', name: str=IDENTITY['name'], base_
             'identity_replies': [r['reply'] for r in ident], 'general_replies': [r['reply'] for r in gen],
             'tokens_per_s': n_tok / max(secs, 1e-9)}
 
-# %% ../nbs/10_lab_qlora.ipynb #058fc26a
+# %% ../nbs/10_lab_qlora.ipynb #7f0763a9
 def run_lab(config: str='smollm2_135m_qlora_self_cognition', work_dir=None, max_steps: int=None, chat_questions=None) -> dict:
     "Config -> QLoRA training -> merge -> chat: prints before/after identity and retention, sample chats and speeds."
     import tempfile

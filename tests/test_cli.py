@@ -118,5 +118,110 @@ def test_eval_then_train_still_learns(tmp_path):
         opt.step(); opt.zero_grad()
     assert all(not torch.equal(before[n], p) for n, p in model.named_parameters() if 'lora_A' in n and p.requires_grad)
 
-def test_deepspeed_refused_clearly(tmp_path):
-    with pytest.raises(NotImplementedError, match='ZeRO-2'): lab.train(TINY, tmp_path, deepspeed='zero2', verbose=False)
+# --- ZeRO-2 through DeepSpeed: 2 ranks on the CPU (gloo) against one process with the same global batch ---
+DS_CFG = dict(model=dict(path='tiny', tiny=dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128)), template='smollm2',
+              data=dict(builder='self_cognition', builder_args=dict(repeats=1), max_length=64, pack_to_max_length=True),
+              quantization=dict(bits=4), lora=dict(r=8, alpha=16, dropout=0.0), optim=dict(lr=5e-2, warmup_ratio=0.25),
+              train=dict(batch_size=1, accumulative_counts=2, max_steps=4, save_steps=2, seed=0, num_threads=1))
+
+def _adapter(wd):
+    from safetensors.torch import load_file
+    return load_file(str(Path(wd)/'adapter'/'adapter_model.safetensors'))
+
+def _losses(wd): return [r['loss'] for r in lab.read_log(wd)]
+
+@pytest.fixture(scope='module')
+def zero2_runs(tmp_path_factory):
+    "The same 4 steps: one process (micro-batch 1, accumulation 2) and `NPROC_PER_NODE=2 learnft train --deepspeed zero2` (micro-batch 1 per rank)."
+    import yaml
+    d = tmp_path_factory.mktemp('zero2')
+    one = {**DS_CFG}; two = {**DS_CFG, 'train': {**DS_CFG['train'], 'accumulative_counts': 1}}
+    (d/'one.yaml').write_text(yaml.safe_dump(one)); (d/'two.yaml').write_text(yaml.safe_dump(two))
+    lab.train(d/'one.yaml', d/'one', verbose=False)
+    env = {**os.environ, 'NPROC_PER_NODE': '2', 'OMP_NUM_THREADS': '1', 'DS_ACCELERATOR': 'cpu'}
+    r = subprocess.run([sys.executable, '-m', 'learnft.cli', 'train', str(d/'two.yaml'), '--work-dir', str(d/'two'), '--deepspeed', 'zero2'],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return d, env, r
+
+def test_zero2_two_ranks_equal_one_process(zero2_runs):
+    d, _, r = zero2_runs
+    assert 'torch.distributed.run' in r.stderr and 'DeepSpeed ZeRO-2: 2 rank(s) on cpu, global batch 2' in r.stdout
+    one, two = lab.read_log(d/'one'), lab.read_log(d/'two')
+    assert [x['step'] for x in two] == [1, 2, 3, 4] and [x['tokens'] for x in one] == [x['tokens'] for x in two]
+    assert [x['lr'] for x in one] == pytest.approx([x['lr'] for x in two])
+    assert _losses(d/'one') == pytest.approx(_losses(d/'two'), rel=1e-5)
+    assert max(_losses(d/'one')) - min(_losses(d/'one')) > 1e-3           # the steps did move the model (lr 5e-2)
+    a, b = _adapter(d/'one'), _adapter(d/'two')
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert all((b[k] != 0).any() for k in b if 'lora_B' in k)                # B left zero would make the check vacuous
+    cp = d/'two'/'checkpoint-4'
+    assert {p.name for p in cp.iterdir()} >= {'adapter', 'deepspeed', 'state.json', 'rng_rank0.pt', 'rng_rank1.pt'}
+    assert len(list((cp/'deepspeed'/'zero2').glob('zero_pp_rank_*_optim_states.pt'))) == 2   # each rank's optimizer slice
+
+def test_zero2_resume_same_trajectory(zero2_runs, tmp_path):
+    "Kill a 2-rank run after its step-2 checkpoint, resume: the same losses and adapter (LoRA dropout on: each rank's RNG is restored)."
+    import yaml
+    d, env, _ = zero2_runs
+    cfg = {**DS_CFG, 'lora': {**DS_CFG['lora'], 'dropout': 0.1}, 'train': {**DS_CFG['train'], 'accumulative_counts': 1}}
+    (tmp_path/'drop.yaml').write_text(yaml.safe_dump(cfg))
+    run = lambda wd, *extra: subprocess.run([sys.executable, '-m', 'learnft.cli', 'train', str(tmp_path/'drop.yaml'), '--work-dir', str(wd),
+                                             '--deepspeed', 'zero2', *extra], capture_output=True, text=True, timeout=600, env=env)
+    r = run(tmp_path/'full'); assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    wd = tmp_path/'cut'; shutil.copytree(tmp_path/'full', wd)
+    shutil.rmtree(wd/'checkpoint-4'); shutil.rmtree(wd/'adapter')          # as if killed after the step-2 checkpoint
+    r = run(wd, '--resume'); assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert 'resumed from checkpoint-2 (step 2)' in r.stdout
+    assert _losses(wd) == pytest.approx(_losses(tmp_path/'full'), rel=1e-6)
+    a, b = _adapter(wd), _adapter(tmp_path/'full')
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # a ZeRO-2 checkpoint cannot be resumed by a plain one-process run (its optimizer state is in slices): said, not guessed
+    with pytest.raises(ValueError, match='2 rank'): lab.train(tmp_path/'drop.yaml', wd, resume=True, verbose=False)
+
+def test_zero2_one_process_equals_plain_loop(zero2_runs, tmp_path):
+    "Without a launcher `--deepspeed zero2` is a world of one: DeepSpeed's accumulation, clipping and schedule give our loop's numbers."
+    d, env, _ = zero2_runs
+    r = subprocess.run([sys.executable, '-m', 'learnft.cli', 'train', str(d/'one.yaml'), '--work-dir', str(tmp_path/'ds1'), '--deepspeed', 'zero2'],
+                       capture_output=True, text=True, timeout=600, env={**env, 'NPROC_PER_NODE': '1'})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert 'DeepSpeed ZeRO-2: 1 rank(s)' in r.stdout
+    assert _losses(tmp_path/'ds1') == pytest.approx(_losses(d/'one'), rel=1e-5)
+
+def test_deepspeed_bad_values(tmp_path):
+    with pytest.raises(ValueError, match="allowed: 'zero2'"): lab.train(TINY, tmp_path, deepspeed='zero3', verbose=False)
+    env = {**os.environ, 'NPROC_PER_NODE': 'two'}
+    r = subprocess.run([sys.executable, '-m', 'learnft.cli', 'train', TINY, '--work-dir', str(tmp_path/'x'), '--deepspeed', 'zero2'],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "NPROC_PER_NODE: got 'two'" in r.stderr
+
+def test_loop_equals_transformers_trainer(tmp_path):
+    "Our loop against transformers' Trainer on the same QLoRA model, rows, order, AdamW, warm-up + cosine and clipping: same losses, same adapter."
+    from transformers import Trainer, TrainingArguments, TrainerCallback
+    from peft import get_peft_model_state_dict
+    cfg = {**DS_CFG, 'train': {**DS_CFG['train'], 'batch_size': 2, 'accumulative_counts': 1, 'max_steps': 5}}
+    c = lab.validate_config(cfg)
+    lab.train(cfg, tmp_path/'ours', verbose=False)
+    model, tok = lab.load_model(tmp_path/'ours'/'base', bits=4)          # the same base weights, quantized the same way
+    rows = lab.build_dataset(c, tok, verbose=False)
+    torch.manual_seed(c['train']['seed']); model = lab.add_lora(model, c['lora'])   # the same LoRA initialisation
+    steps, bs = c['train']['max_steps'], c['train']['batch_size']
+    batches = [lab.collate([rows[i] for i in lab.batch_indices(len(rows), s, bs, 1, c['train']['seed'])[0]], tok.eos_token_id)
+               for s in range(steps)]                                        # the same rows in the same order
+    class FixedOrder(Trainer):
+        seen = []
+        def get_train_dataloader(self): return torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch); self.seen.append(loss.item()); return loss
+    o = c['optim']
+    args = TrainingArguments(output_dir=str(tmp_path/'hf'), per_device_train_batch_size=bs, gradient_accumulation_steps=1, max_steps=steps,
+                             learning_rate=o['lr'], lr_scheduler_type=o['scheduler'], warmup_steps=int(o['warmup_ratio'] * steps),
+                             weight_decay=o['weight_decay'], adam_beta1=o['betas'][0], adam_beta2=o['betas'][1], max_grad_norm=o['max_norm'],
+                             optim='adamw_torch', logging_steps=1, save_strategy='no', report_to=[], use_cpu=True, seed=0,
+                             remove_unused_columns=False, disable_tqdm=True)
+    tr = FixedOrder(model=model, args=args, train_dataset=rows)
+    tr.train()
+    assert len(tr.seen) == steps
+    assert tr.seen == pytest.approx(_losses(tmp_path/'ours'), rel=1e-5)
+    assert max(tr.seen) - min(tr.seen) > 1e-2                                 # the model moved: equal trajectories mean something
+    theirs, ours = get_peft_model_state_dict(model), _adapter(tmp_path/'ours')
+    assert theirs.keys() == ours.keys() and all(torch.allclose(theirs[k], ours[k], atol=1e-5) for k in ours)

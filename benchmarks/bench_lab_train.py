@@ -1,0 +1,144 @@
+"""Training throughput and peak memory: `learnft train` vs the usual stack, TRL's `SFTTrainer` + peft + bitsandbytes.
+
+Same model (the bundled SmolLM2-135M-Instruct, 4-bit NF4 + double quantization, fp32 compute), same rows (the
+self-cognition lab's data, rendered by learnft with the `smollm2` template and handed to TRL as prompt/completion text,
+so both sides see the same tokens and train on the same completion tokens), same max_length, LoRA config (r 16, α 32,
+dropout 0.05, all linear layers), AdamW, learning rate, schedule, batch and accumulation; packing on and off.
+Each side runs in a fresh process of its own, so the peak resident memory (ru_maxrss) is its own; the first 2 steps
+are warm-up and not timed. Throughput is trained (loss-carrying) tokens per second.
+
+    python benchmarks/bench_lab_train.py [--steps 20] [--threads 2] [--model smollm2|tiny]
+    python benchmarks/bench_lab_train.py --shape 1b --seq 512 --batch 4        # on a GPU: a config-built 1B-shaped model
+
+TRL packs with its default 'bfd' strategy, which turns on padding-free batches (position_ids, no attention mask): with
+the CPU's sdpa/eager attention that lets packed samples attend to each other (TRL warns), where learnft's packing keeps
+the block-diagonal mask of lesson 04. The table notes it; the speed comparison is still the same tokens through the
+same model.
+"""
+import argparse, json, os, resource, subprocess, sys, tempfile, time
+from pathlib import Path
+
+CONFIG = 'smollm2_135m_qlora_self_cognition'
+
+
+def _cfg(packing, steps, threads, model, seq=None, batch=None):
+    import copy, torch
+    from learnft import lab
+    cfg = copy.deepcopy(lab.CONFIGS[CONFIG])
+    if model == 'tiny': cfg['model'] = dict(path='tiny', tiny=dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128))
+    elif model != 'smollm2': cfg['model'] = dict(path=model)            # a model folder (e.g. built by bench_train_gpu.py)
+    if torch.cuda.is_available(): cfg['quantization']['compute_dtype'] = 'bfloat16'
+    if seq: cfg['data']['max_length'] = seq
+    if batch: cfg['train']['batch_size'] = batch
+    cfg['data']['builder_args'].update(repeats=20, general_repeats=10)  # enough rows for any sequence length
+    cfg['data']['pack_to_max_length'] = packing
+    cfg['train'].update(max_steps=steps, save_steps=10 ** 6, num_threads=threads,
+                        gradient_checkpointing=os.environ.get('BENCH_CHECKPOINTING') == '1')
+    cfg['eval']['prompts'] = []
+    return lab.validate_config(cfg)
+
+
+def worker_ours(packing, steps, threads, model, seq=None, batch=None):
+    from learnft import lab
+    cfg = _cfg(packing, steps, threads, model, seq, batch)
+    with tempfile.TemporaryDirectory() as d:
+        lab.train(cfg, Path(d)/'run', verbose=False)
+        recs = lab.read_log(Path(d)/'run')[2:]
+    return {'tokens': sum(r['tokens'] for r in recs), 'seconds': sum(r['seconds'] for r in recs), 'steps': len(recs)}
+
+
+def worker_trl(packing, steps, threads, model, seq=None, batch=None):
+    import torch, datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, TrainerCallback
+    from peft import LoraConfig
+    from trl import SFTTrainer, SFTConfig
+    from learnft import lab
+    torch.set_num_threads(threads)
+    cfg = _cfg(False, steps, threads, model, seq, batch)   # unpacked rows: TRL packs by itself when asked
+    cuda = torch.cuda.is_available()
+    with tempfile.TemporaryDirectory() as d:
+        path = lab.resolve_model_path(cfg['model'], d)
+        tok = AutoTokenizer.from_pretrained(path)
+        data = []
+        for r in lab.build_dataset(cfg, tok, verbose=False):
+            k = next(i for i, l in enumerate(r['labels']) if l != -100)
+            data.append({'prompt': tok.decode(r['input_ids'][:k]), 'completion': tok.decode(r['input_ids'][k:])})
+        q, o, t, lo = cfg['quantization'], cfg['optim'], cfg['train'], cfg['lora']
+        m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=q['quant_type'], bnb_4bit_use_double_quant=q['double_quant'],
+            bnb_4bit_compute_dtype=getattr(torch, q['compute_dtype'])), **({'device_map': {'': 0}} if cuda else {}))
+        times, toks = [], []
+        class Clock(TrainerCallback):
+            def on_step_begin(self, *a, **k): self.t = time.perf_counter()
+            def on_step_end(self, *a, **k): times.append(time.perf_counter() - self.t)
+        class Counting(SFTTrainer):
+            def compute_loss(self, model, inputs, *a, **k):
+                toks.append(int((inputs['labels'] != -100).sum())); return super().compute_loss(model, inputs, *a, **k)
+        args = SFTConfig(output_dir=d, max_length=cfg['data']['max_length'], packing=packing, completion_only_loss=True,
+                         per_device_train_batch_size=t['batch_size'], gradient_accumulation_steps=t['accumulative_counts'],
+                         learning_rate=o['lr'], lr_scheduler_type=o['scheduler'], warmup_steps=int(o['warmup_ratio'] * steps),
+                         weight_decay=o['weight_decay'], max_grad_norm=o['max_norm'], optim='adamw_torch', max_steps=steps,
+                         gradient_checkpointing=t['gradient_checkpointing'],   # TRL's default is True: set both sides alike
+                         logging_steps=1, save_strategy='no', report_to=[], use_cpu=not cuda, seed=t['seed'], disable_tqdm=True)
+        tr = Counting(model=m, args=args, train_dataset=datasets.Dataset.from_list(data), processing_class=tok,
+                      peft_config=LoraConfig(r=lo['r'], lora_alpha=lo['alpha'], lora_dropout=lo['dropout'],
+                                             target_modules=lo['target_modules'], task_type='CAUSAL_LM'),
+                      callbacks=[Clock()])
+        tr.train()
+    per_step = len(toks) // max(len(times), 1)
+    return {'tokens': sum(toks[2 * per_step:]), 'seconds': sum(times[2:]), 'steps': len(times) - 2}
+
+
+def run_side(side, packing, steps, threads, model, seq=None, batch=None):
+    "Run one side in a fresh interpreter; its result plus its peak RSS."
+    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1',
+           'OMP_NUM_THREADS': str(threads), 'PYTHONWARNINGS': 'ignore'}
+    r = subprocess.run([sys.executable, __file__, '--worker', side, '--packing', str(int(packing)), '--steps', str(steps),
+                        '--threads', str(threads), '--model', model] + (['--seq', str(seq)] if seq else []) + (['--batch', str(batch)] if batch else []),
+                       capture_output=True, text=True, env=env)
+    lines = [l for l in r.stdout.splitlines() if l.startswith('RESULT ')]
+    if r.returncode or not lines: raise RuntimeError(f'{side} (packing={packing}) failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}')
+    return json.loads(lines[-1][7:])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--steps', type=int, default=20); ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--model', default='smollm2', help="'smollm2' (the bundled model), 'tiny', or a model folder")
+    ap.add_argument('--shape', help='GPU: build a config-built Llama of this shape (see bench_train_gpu.py) and use it')
+    ap.add_argument('--seq', type=int); ap.add_argument('--batch', type=int)
+    ap.add_argument('--checkpointing', action='store_true', help='gradient checkpointing on both sides (default: off on both)')
+    ap.add_argument('--packing-modes', default='on,off')
+    ap.add_argument('--worker', choices=['ours', 'trl']); ap.add_argument('--packing', type=int, default=1)
+    a = ap.parse_args()
+    if a.worker:
+        res = (worker_ours if a.worker == 'ours' else worker_trl)(bool(a.packing), a.steps, a.threads, a.model, a.seq, a.batch)
+        import torch
+        res['peak_rss_mib'] = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
+                               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+        print('RESULT ' + json.dumps(res)); return
+    import torch, trl, transformers, peft, bitsandbytes
+    if a.shape:
+        sys.path.insert(0, str(Path(__file__).parent)); from bench_train_gpu import build_model
+        tok = os.environ.get('LEARNFT_TOKENIZER')
+        if tok is None:
+            from learnft.models import smollm2_path; tok = str(smollm2_path())
+        a.model = str(build_model(a.shape, Path(tempfile.mkdtemp(prefix='bench-lab-'))/f'model-{a.shape}', tok))
+    print(f'# {a.model}, {a.steps} steps (first 2 untimed), {a.threads} threads; torch {torch.__version__}, transformers '
+          f'{transformers.__version__}, peft {peft.__version__}, bitsandbytes {bitsandbytes.__version__}, trl {trl.__version__}')
+    mem = 'peak GPU MiB' if torch.cuda.is_available() else 'peak RSS MiB'
+    print(f"{'packing':<9}{'side':<22}{'trained tok/s':>14}{'s/step':>9}{mem:>14}{'tok/s ratio':>13}{'mem ratio':>11}")
+    if a.checkpointing: os.environ['BENCH_CHECKPOINTING'] = '1'
+    print(f"# gradient checkpointing {'on' if a.checkpointing else 'off'} on both sides")
+    for packing in [m == 'on' for m in a.packing_modes.split(',')]:
+        res = {side: run_side(side, packing, a.steps, a.threads, a.model, a.seq, a.batch) for side in ('ours', 'trl')}
+        tps = {s: r['tokens'] / r['seconds'] for s, r in res.items()}
+        for side, name in (('ours', 'learnft train'), ('trl', 'TRL SFTTrainer')):
+            r = res[side]
+            ratio = f"{tps['ours'] / tps['trl']:>13.2f}{res['ours']['peak_rss_mib'] / res['trl']['peak_rss_mib']:>11.2f}" if side == 'ours' else ''
+            print(f"{'on' if packing else 'off':<9}{name:<22}{tps[side]:>14.1f}{r['seconds'] / r['steps']:>9.2f}{r['peak_rss_mib']:>14.0f}{ratio}")
+    print('ratios: learnft / TRL (tok/s: higher is better for learnft; memory: lower is better). Memory: peak RSS of the process on a CPU, torch.cuda.max_memory_allocated on a GPU')
+
+
+if __name__ == '__main__':
+    main()

@@ -224,15 +224,6 @@ CONFIGS = {
         optim=dict(lr=1e-3, weight_decay=0.0, max_norm=1.0, scheduler='cosine', warmup_ratio=0.05),
         train=dict(batch_size=2, accumulative_counts=1, max_epochs=3, max_steps=75, seed=0, save_steps=25, log_steps=1),
         eval=dict(prompts=_LAB_EVAL, every_steps=0, max_new_tokens=32), deepspeed=None),
-    'smollm2_135m_qlora_identity_only': dict(   # the collapse demonstration: the same run without the general data
-        model=dict(path='smollm2'), template='smollm2',
-        data=dict(builder='identity_only', builder_args=dict(name='Lumi', author='the learnft course', repeats=2),
-                  max_length=128, pack_to_max_length=True),
-        quantization=dict(bits=4, quant_type='nf4', double_quant=True, compute_dtype='float32'),
-        lora=dict(r=16, alpha=32, dropout=0.05, target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj']),
-        optim=dict(lr=1e-3, weight_decay=0.0, max_norm=1.0, scheduler='cosine', warmup_ratio=0.05),
-        train=dict(batch_size=2, accumulative_counts=1, max_epochs=3, max_steps=75, seed=0, save_steps=25, log_steps=1),
-        eval=dict(prompts=_LAB_EVAL, every_steps=0, max_new_tokens=32), deepspeed=None),
     'smollm2_135m_qlora_alpaca_e3': dict(
         model=dict(path='smollm2'), template='smollm2',
         data=dict(builder='alpaca_sample', max_length=512, pack_to_max_length=True),   # or: path='alpaca_data.json', format='alpaca'
@@ -259,6 +250,9 @@ CONFIGS = {
         train=dict(batch_size=2, max_epochs=1, max_steps=6, save_steps=3, seed=0),
         eval=dict(prompts=['Who are you?'], max_new_tokens=8)),
 }
+# the collapse demonstration: the same run without the general data
+CONFIGS['smollm2_135m_qlora_identity_only'] = copy.deepcopy(CONFIGS['smollm2_135m_qlora_self_cognition'])
+CONFIGS['smollm2_135m_qlora_identity_only']['data']['builder'] = 'identity_only'
 
 # %% ../nbs/10_lab_qlora.ipynb #94dcddf1
 def list_configs(pattern: str=None) -> list:

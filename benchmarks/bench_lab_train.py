@@ -1,14 +1,21 @@
 """Training throughput and peak memory: `learnft train` vs the usual stack, TRL's `SFTTrainer` + peft + bitsandbytes.
 
-Same model (the bundled SmolLM2-135M-Instruct, 4-bit NF4 + double quantization, fp32 compute), same rows (the
+Same model (the bundled SmolLM2-135M-Instruct, or a config-built one; 4-bit NF4 + double quantization, 4-bit matmuls
+computed in fp32 on a CPU and bf16 on a GPU), same rows (the
 self-cognition lab's data, rendered by learnft with the `smollm2` template and handed to TRL as prompt/completion text,
-so both sides see the same tokens and train on the same completion tokens), same max_length, LoRA config (r 16, α 32,
-dropout 0.05, all linear layers), AdamW, learning rate, schedule, batch and accumulation; packing on and off.
+so both sides see the same tokens and train on the same completion tokens), same max_length, the lab's LoRA config (r 16, α 32,
+dropout 0.05, attention projections), AdamW, learning rate, schedule, batch and accumulation; packing on and off.
 Each side runs in a fresh process of its own, so the peak resident memory (ru_maxrss) is its own; the first 2 steps
-are warm-up and not timed. Throughput is trained (loss-carrying) tokens per second.
+are warm-up and not timed. Unpacked, TRL is handed the samples in the order learnft's loop draws them and reads them
+sequentially, so both sides train on the same batches. Throughput is trained (loss-carrying) tokens per second; a step's time runs from the end of
+the previous optimizer step to the end of this one, so batching the data counts on both sides.
 
     python benchmarks/bench_lab_train.py [--steps 20] [--threads 2] [--model smollm2|tiny]
     python benchmarks/bench_lab_train.py --shape 1b --seq 512 --batch 4        # on a GPU: a config-built 1B-shaped model
+
+Set alike on both sides, because TRL's defaults differ from TrainingArguments': gradient checkpointing (TRL: on; here off
+unless --checkpointing) and bf16 autocast (TRL: on; here --precision, default bf16 on a GPU and fp32 on a CPU, where
+autocast to bf16 is slow without AMX).
 
 TRL packs with its default 'bfd' strategy, which turns on padding-free batches (position_ids, no attention mask): with
 the CPU's sdpa/eager attention that lets packed samples attend to each other (TRL warns), where learnft's packing keeps
@@ -33,14 +40,16 @@ def _cfg(packing, steps, threads, model, seq=None, batch=None):
     cfg['data']['builder_args'].update(repeats=20, general_repeats=10)  # enough rows for any sequence length
     cfg['data']['pack_to_max_length'] = packing
     cfg['train'].update(max_steps=steps, save_steps=10 ** 6, num_threads=threads,
-                        gradient_checkpointing=os.environ.get('BENCH_CHECKPOINTING') == '1')
+                        gradient_checkpointing=os.environ.get('BENCH_CHECKPOINTING') == '1',
+                        mixed_precision='bf16' if os.environ.get('BENCH_PRECISION') == 'bf16' else None)
     cfg['eval']['prompts'] = []
     return lab.validate_config(cfg)
 
 
-def worker_ours(packing, steps, threads, model, seq=None, batch=None):
+def worker_ours(packing, steps, threads, model, seq=None, batch=None, varlen=False):
     from learnft import lab
     cfg = _cfg(packing, steps, threads, model, seq, batch)
+    cfg['data']['use_varlen_attn'] = varlen
     with tempfile.TemporaryDirectory() as d:
         lab.train(cfg, Path(d)/'run', verbose=False)
         recs = lab.read_log(Path(d)/'run')[2:]
@@ -59,19 +68,24 @@ def worker_trl(packing, steps, threads, model, seq=None, batch=None):
     with tempfile.TemporaryDirectory() as d:
         path = lab.resolve_model_path(cfg['model'], d)
         tok = AutoTokenizer.from_pretrained(path)
-        data = []
-        for r in lab.build_dataset(cfg, tok, verbose=False):
-            k = next(i for i, l in enumerate(r['labels']) if l != -100)
-            data.append({'prompt': tok.decode(r['input_ids'][:k]), 'completion': tok.decode(r['input_ids'][k:])})
+        data, rows = [], lab.build_dataset(cfg, tok, verbose=False)
+        if not packing:   # the very samples learnft's loop draws, in its order (TRL then reads them sequentially, below)
+            t = cfg['train']
+            rows = [rows[i] for s in range(steps) for micro in lab.batch_indices(len(rows), s, t['batch_size'], t['accumulative_counts'], t['seed']) for i in micro]
+        for r in rows:   # the completion ends at the last trained token (<|im_end|>, SmolLM2's EOS: TRL adds no second one)
+            trained = [i for i, l in enumerate(r['labels']) if l != -100]
+            data.append({'prompt': tok.decode(r['input_ids'][:trained[0]]), 'completion': tok.decode(r['input_ids'][trained[0]:trained[-1] + 1])})
         q, o, t, lo = cfg['quantization'], cfg['optim'], cfg['train'], cfg['lora']
         m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, quantization_config=BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=q['quant_type'], bnb_4bit_use_double_quant=q['double_quant'],
             bnb_4bit_compute_dtype=getattr(torch, q['compute_dtype'])), **({'device_map': {'': 0}} if cuda else {}))
         times, toks = [], []
-        class Clock(TrainerCallback):
-            def on_step_begin(self, *a, **k): self.t = time.perf_counter()
-            def on_step_end(self, *a, **k): times.append(time.perf_counter() - self.t)
+        class Clock(TrainerCallback):   # a step = end of the previous optimizer step to the end of this one (data loading included)
+            def on_train_begin(self, *a, **k): self.t = time.perf_counter()
+            def on_step_end(self, *a, **k): t = time.perf_counter(); times.append(t - self.t); self.t = t
         class Counting(SFTTrainer):
+            def _get_train_sampler(self, *a, **k):
+                return torch.utils.data.SequentialSampler(self.train_dataset) if not packing else super()._get_train_sampler(*a, **k)
             def compute_loss(self, model, inputs, *a, **k):
                 toks.append(int((inputs['labels'] != -100).sum())); return super().compute_loss(model, inputs, *a, **k)
         args = SFTConfig(output_dir=d, max_length=cfg['data']['max_length'], packing=packing, completion_only_loss=True,
@@ -79,6 +93,7 @@ def worker_trl(packing, steps, threads, model, seq=None, batch=None):
                          learning_rate=o['lr'], lr_scheduler_type=o['scheduler'], warmup_steps=int(o['warmup_ratio'] * steps),
                          weight_decay=o['weight_decay'], max_grad_norm=o['max_norm'], optim='adamw_torch', max_steps=steps,
                          gradient_checkpointing=t['gradient_checkpointing'],   # TRL's default is True: set both sides alike
+                         bf16=t['mixed_precision'] == 'bf16',                  # TRL's default is True (autocast): alike too
                          logging_steps=1, save_strategy='no', report_to=[], use_cpu=not cuda, seed=t['seed'], disable_tqdm=True)
         tr = Counting(model=m, args=args, train_dataset=datasets.Dataset.from_list(data), processing_class=tok,
                       peft_config=LoraConfig(r=lo['r'], lora_alpha=lo['alpha'], lora_dropout=lo['dropout'],
@@ -108,11 +123,15 @@ def main():
     ap.add_argument('--shape', help='GPU: build a config-built Llama of this shape (see bench_train_gpu.py) and use it')
     ap.add_argument('--seq', type=int); ap.add_argument('--batch', type=int)
     ap.add_argument('--checkpointing', action='store_true', help='gradient checkpointing on both sides (default: off on both)')
+    ap.add_argument('--precision', choices=['fp32', 'bf16'], help='bf16: autocast on both sides (TRL\'s default); '
+                    'fp32: off on both. Default: bf16 on a GPU, fp32 on a CPU')
     ap.add_argument('--packing-modes', default='on,off')
-    ap.add_argument('--worker', choices=['ours', 'trl']); ap.add_argument('--packing', type=int, default=1)
+    ap.add_argument('--varlen', action='store_true', help="packed: also learnft with data.use_varlen_attn (flash varlen, no mask)")
+    ap.add_argument('--worker', choices=['ours', 'ours-varlen', 'trl']); ap.add_argument('--packing', type=int, default=1)
     a = ap.parse_args()
     if a.worker:
-        res = (worker_ours if a.worker == 'ours' else worker_trl)(bool(a.packing), a.steps, a.threads, a.model, a.seq, a.batch)
+        args = (bool(a.packing), a.steps, a.threads, a.model, a.seq, a.batch)
+        res = worker_trl(*args) if a.worker == 'trl' else worker_ours(*args, varlen=a.worker == 'ours-varlen')
         import torch
         res['peak_rss_mib'] = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
                                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
@@ -129,13 +148,16 @@ def main():
     mem = 'peak GPU MiB' if torch.cuda.is_available() else 'peak RSS MiB'
     print(f"{'packing':<9}{'side':<22}{'trained tok/s':>14}{'s/step':>9}{mem:>14}{'tok/s ratio':>13}{'mem ratio':>11}")
     if a.checkpointing: os.environ['BENCH_CHECKPOINTING'] = '1'
-    print(f"# gradient checkpointing {'on' if a.checkpointing else 'off'} on both sides")
+    os.environ['BENCH_PRECISION'] = a.precision or ('bf16' if torch.cuda.is_available() else 'fp32')
+    print(f"# gradient checkpointing {'on' if a.checkpointing else 'off'} on both sides; precision "
+          f"{os.environ['BENCH_PRECISION']} on both sides ({'torch.autocast bf16' if os.environ['BENCH_PRECISION'] == 'bf16' else 'no autocast'})")
     for packing in [m == 'on' for m in a.packing_modes.split(',')]:
-        res = {side: run_side(side, packing, a.steps, a.threads, a.model, a.seq, a.batch) for side in ('ours', 'trl')}
+        sides = [('ours', 'learnft train')] + ([('ours-varlen', 'learnft train, varlen')] if packing and a.varlen else []) + [('trl', 'TRL SFTTrainer')]
+        res = {side: run_side(side, packing, a.steps, a.threads, a.model, a.seq, a.batch) for side, _ in sides}
         tps = {s: r['tokens'] / r['seconds'] for s, r in res.items()}
-        for side, name in (('ours', 'learnft train'), ('trl', 'TRL SFTTrainer')):
+        for side, name in sides:
             r = res[side]
-            ratio = f"{tps['ours'] / tps['trl']:>13.2f}{res['ours']['peak_rss_mib'] / res['trl']['peak_rss_mib']:>11.2f}" if side == 'ours' else ''
+            ratio = f"{tps[side] / tps['trl']:>13.2f}{r['peak_rss_mib'] / res['trl']['peak_rss_mib']:>11.2f}" if side != 'trl' else ''
             print(f"{'on' if packing else 'off':<9}{name:<22}{tps[side]:>14.1f}{r['seconds'] / r['steps']:>9.2f}{r['peak_rss_mib']:>14.0f}{ratio}")
     print('ratios: learnft / TRL (tok/s: higher is better for learnft; memory: lower is better). Memory: peak RSS of the process on a CPU, torch.cuda.max_memory_allocated on a GPU')
 

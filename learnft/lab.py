@@ -13,14 +13,14 @@ __all__ = ['ANY_STR', 'ANY_INT', 'ANY_FLOAT', 'ANY_BOOL', 'ANY_LIST', 'ANY_DICT'
            'generate', 'load_for_chat', 'check_adapter', 'merge_adapter', 'lab_scores', 'run_lab']
 
 # %% ../nbs/10_lab_qlora.ipynb #885b995a
-import copy, fnmatch, json, math, os, random, re, shutil, sys, time, warnings
+import contextlib, copy, fnmatch, json, math, os, random, re, shutil, sys, time, warnings
 from pathlib import Path
 
 import torch
 
 from .formats import DataError, load_rows, to_conversations
 from .encode import IGNORE_INDEX, bos_eos_ids, encode_dataset, show_masked
-from .packing import pack_dataset, collate_packed, collate_padded
+from .packing import pack_dataset, collate_packed, collate_padded, collate_varlen, use_varlen_attention
 from .templates import get_template, stop_token_ids, check_template
 
 # %% ../nbs/10_lab_qlora.ipynb #030c832f
@@ -35,6 +35,7 @@ CONFIG_SCHEMA = {
              'format': (None, ('alpaca', 'openai', 'sharegpt', 'oasst', 'pretrain', 'xtuner', None)),
              'max_length': (128, ANY_INT),
              'pack_to_max_length': (True, ANY_BOOL),
+             'use_varlen_attn': (False, ANY_BOOL),        # XTuner's name: packed rows as one row + cu_seqlens, no mask (flash varlen on a GPU)
              'turns': ('all', ('all', 'last'))},
     'quantization': {'bits': (4, (4, 16, 32)),            # 4 = QLoRA (bitsandbytes nf4/fp4); 16/32 = plain LoRA in bf16/fp32
                      'quant_type': ('nf4', ('nf4', 'fp4')),
@@ -48,7 +49,8 @@ CONFIG_SCHEMA = {
     'train': {'batch_size': (2, ANY_INT), 'accumulative_counts': (1, ANY_INT), 'max_epochs': (1, ANY_INT),
               'max_steps': (None, ANY_INT), 'seed': (0, ANY_INT), 'save_steps': (50, ANY_INT),
               'save_total_limit': (2, ANY_INT), 'log_steps': (1, ANY_INT), 'num_threads': (None, ANY_INT),
-              'gradient_checkpointing': (False, ANY_BOOL)},      # recompute activations in backward: less memory, ~30 % more time
+              'gradient_checkpointing': (False, ANY_BOOL),       # recompute activations in backward: less memory, ~30 % more time
+              'mixed_precision': (None, ('bf16', None))},        # bf16: forward under torch.autocast (XTuner's AmpOptimWrapper)
     'eval': {'prompts': ([], ANY_LIST), 'every_steps': (0, ANY_INT), 'max_new_tokens': (40, ANY_INT)},
     'deepspeed': (None, ('zero2', None)),
 }
@@ -91,6 +93,8 @@ def validate_config(cfg: dict, schema: dict=CONFIG_SCHEMA, prefix: str='') -> di
                            ('train.accumulative_counts', out['train']['accumulative_counts'], 1), ('data.max_length', d['max_length'], 8)):
             if v < lo: raise ConfigError(f"config key {key!r}: got {v}; allowed: an integer >= {lo}")
         if not 0 <= out['lora']['dropout'] < 1: raise ConfigError(f"config key 'lora.dropout': got {out['lora']['dropout']}; allowed: 0 <= dropout < 1")
+        if d['use_varlen_attn'] and not d['pack_to_max_length']:
+            raise ConfigError("config key 'data.use_varlen_attn': true needs 'data.pack_to_max_length: true' (varlen attention runs on packed rows)")
     return out
 
 # %% ../nbs/10_lab_qlora.ipynb #f88883aa
@@ -309,10 +313,11 @@ def build_dataset(cfg: dict, tokenizer, verbose: bool=True) -> list:
         enc, prep = pack_dataset(enc, d['max_length'], verbose=verbose)
     return [dict(r) for r in enc.remove_columns([c for c in enc.column_names if c in ('row', 'length')])]
 
-def collate(rows: list, pad_token_id: int) -> dict:
-    "Tensors for a micro-batch: packed rows get positions and the block-diagonal mask, plain samples dynamic padding."
+def collate(rows: list, pad_token_id: int, varlen: bool=False, mask_dtype=torch.float32) -> dict:
+    "Tensors for a micro-batch: packed rows get positions and the block-diagonal mask in `mask_dtype` (or, `varlen`, one flattened row with `cu_seqlens`), plain samples dynamic padding."
     if 'seq_lens' in rows[0]:
-        b = collate_packed(rows, pad_token_id); b.pop('cu_seqlens'); return b
+        if varlen: return collate_varlen(rows, pad_token_id)
+        b = collate_packed(rows, pad_token_id, mask_dtype=mask_dtype); b.pop('cu_seqlens'); return b
     return collate_padded(rows, pad_token_id)
 
 # %% ../nbs/10_lab_qlora.ipynb #1537c6c3
@@ -341,7 +346,7 @@ def resolve_model_path(cfg_model: dict, work_dir=None) -> Path:
     return p
 
 def load_model(path, bits: int=32, quant_type: str='nf4', double_quant: bool=True, compute_dtype: str='float32', device=None):
-    "`(model, tokenizer)` from a folder: 4-bit through bitsandbytes (repack disabled), or plain fp32/bf16; on `device` (a GPU) if given."
+    "`(model, tokenizer)` from a folder: 4-bit through bitsandbytes (repack disabled; the weights left unquantized — embeddings, head, norms — in `compute_dtype`), or plain fp32/bf16; on `device` (a GPU) if given."
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
@@ -353,7 +358,7 @@ def load_model(path, bits: int=32, quant_type: str='nf4', double_quant: bool=Tru
     elif bits not in (16, 32): raise ConfigError(f"bits: got {bits!r}; allowed: 4, 16, 32")
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bits == 16 else torch.float32, **kw)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype={4: dtype, 16: torch.bfloat16, 32: torch.float32}[bits], **kw)
     disable_cpu_repack(model)
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
@@ -510,6 +515,9 @@ def train(config, work_dir, resume: bool=False, max_steps: int=None, verbose: bo
     base = resolve_model_path(cfg['model'], work_dir)
     model, tok = load_model(base, q['bits'], q['quant_type'], q['double_quant'], q['compute_dtype'], device=device)
     rows = build_dataset(cfg, tok, verbose=verbose)
+    varlen = cfg['data']['use_varlen_attn'] and 'seq_lens' in rows[0]
+    mask_dtype = model.get_input_embeddings().weight.dtype     # the activations' dtype: a float32 mask with bf16 queries gives NaN on CUDA
+    if varlen: use_varlen_attention(model)
     if t['gradient_checkpointing']: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
     torch.manual_seed(t['seed'])                 # the same LoRA initialisation on every rank
     model = add_lora(model, cfg['lora']); model.train()
@@ -533,19 +541,22 @@ def train(config, work_dir, resume: bool=False, max_steps: int=None, verbose: bo
     elif resume and verbose: print('no checkpoint to resume from: starting at step 0')
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     accum = t['accumulative_counts']
+    amp = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t['mixed_precision'] == 'bf16' else contextlib.nullcontext)
     t0, tokens = time.time(), 0
     bar = tqdm(range(start, steps), initial=start, total=steps, desc='train', disable=not verbose, file=sys.stdout)
     for step in bar:
         ts, loss_sum, ntok, lr = time.time(), 0.0, 0, sched.get_last_lr()[0]
         micro = batch_indices(len(rows), step, t['batch_size'], accum * world, t['seed'])[rank * accum:(rank + 1) * accum]
         for idx in micro:
-            b = {k: v.to(device) for k, v in collate([rows[i] for i in idx], pad).items()}
-            if engine is None:
-                out = model(**b)
-                (out.loss / len(micro)).backward()
-            else:
-                out = engine(**b); engine.backward(out.loss); engine.step()   # DeepSpeed divides by the accumulation and steps at its end
-            loss_sum += out.loss.item() / len(micro); ntok += int((b['labels'] != IGNORE_INDEX).sum())
+            b = collate([rows[i] for i in idx], pad, varlen, mask_dtype)
+            ntok += int((b['labels'] != IGNORE_INDEX).sum())                # counted on the CPU: no GPU sync
+            b = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
+            with amp():
+                loss = (model if engine is None else engine)(**b).loss   # only the loss is kept: the logits go at once
+            if engine is None: (loss / len(micro)).backward()
+            else: engine.backward(loss); engine.step()             # DeepSpeed divides by the accumulation and steps at its end
+            loss_sum += loss.item() / len(micro)
+            del loss, b                                            # nothing of this micro-batch lives into the next one's forward
         if engine is None:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg['optim']['max_norm'])
             opt.step(); sched.step(); opt.zero_grad(set_to_none=True)

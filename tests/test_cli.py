@@ -225,3 +225,48 @@ def test_loop_equals_transformers_trainer(tmp_path):
     assert max(tr.seen) - min(tr.seen) > 1e-2                                 # the model moved: equal trajectories mean something
     theirs, ours = get_peft_model_state_dict(model), _adapter(tmp_path/'ours')
     assert theirs.keys() == ours.keys() and all(torch.allclose(theirs[k], ours[k], atol=1e-5) for k in ours)
+
+# --- data.use_varlen_attn and train.mixed_precision ---
+SHORT = {**DS_CFG, 'train': {**DS_CFG['train'], 'max_steps': 3, 'save_steps': 100}}
+
+def test_varlen_attention_trains_like_the_mask(tmp_path, monkeypatch):
+    "data.use_varlen_attn: packed rows go in as one flattened row with cu_seqlens and no mask (sdpa per segment on a CPU): same losses, same adapter as lesson 04's block-diagonal mask."
+    from learnft import packing
+    seen, orig = [], packing.varlen_attention
+    def spy(*a, **k): seen.append(k.get('cu_seq_lens_q') is not None and a[1].shape[0] == 1); return orig(*a, **k)
+    monkeypatch.setattr(packing, 'varlen_attention', spy)
+    lab.train(SHORT, tmp_path/'mask', verbose=False)
+    assert not seen                                   # the mask run never calls it
+    lab.train({**SHORT, 'data': {**SHORT['data'], 'use_varlen_attn': True}}, tmp_path/'varlen', verbose=False)
+    assert seen and all(seen)                         # every attention call of the varlen run went through the boundaries
+    lm, lv = _losses(tmp_path/'mask'), _losses(tmp_path/'varlen')
+    assert len(lm) == 3 and lv == pytest.approx(lm, rel=1e-5), (lm, lv)
+    a, b = _adapter(tmp_path/'mask'), _adapter(tmp_path/'varlen')
+    # summation order differs (per segment vs masked), and Adam turns ~1e-7 gradient differences into ~1e-5 weight ones
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+def test_varlen_needs_packing():
+    with pytest.raises(lab.ConfigError, match="data.use_varlen_attn.*pack_to_max_length"):
+        lab.validate_config({**SHORT, 'data': {**SHORT['data'], 'use_varlen_attn': True, 'pack_to_max_length': False}})
+
+def test_bf16_mixed_precision(tmp_path):
+    "train.mixed_precision: bf16 runs the forward under torch.autocast: losses near the fp32 run's but not equal; the adapter stays fp32."
+    lab.train(SHORT, tmp_path/'fp32', verbose=False)
+    lab.train({**SHORT, 'train': {**SHORT['train'], 'mixed_precision': 'bf16'}}, tmp_path/'bf16', verbose=False)
+    lf, lb = _losses(tmp_path/'fp32'), _losses(tmp_path/'bf16')
+    assert lf != lb and lb == pytest.approx(lf, rel=3e-2), (lf, lb)
+    assert all(t.dtype == torch.float32 for t in _adapter(tmp_path/'bf16').values())
+    with pytest.raises(lab.ConfigError, match="train.mixed_precision.*'bf16'"):
+        lab.validate_config({**SHORT, 'train': {**SHORT['train'], 'mixed_precision': 'fp16'}})
+
+def test_mask_in_activation_dtype(tmp_path, monkeypatch):
+    "The packed rows' mask is built in the activations' dtype: a float32 mask next to bf16 queries gives NaN losses in CUDA's memory-efficient kernel (CPU kernels hide it, so this checks the dtype itself)."
+    seen, orig = [], lab.collate
+    def spy(*a, **k): b = orig(*a, **k); seen.append(b['attention_mask'].dtype); return b
+    monkeypatch.setattr(lab, 'collate', spy)
+    lab.train({**SHORT, 'quantization': {'bits': 16}, 'train': {**SHORT['train'], 'max_steps': 1}}, tmp_path/'bf16', verbose=False)
+    lab.train({**SHORT, 'train': {**SHORT['train'], 'max_steps': 1}}, tmp_path/'fp32', verbose=False)
+    assert seen[0] == torch.bfloat16 and seen[-1] == torch.float32, seen
+    m = lab.collate(lab.build_dataset(lab.validate_config(SHORT), lab.load_model(lab.resolve_model_path(SHORT['model'], tmp_path))[1], verbose=False)[:2],
+                    0, mask_dtype=torch.bfloat16)['attention_mask']
+    assert torch.isfinite(m).all() and m.min() == torch.finfo(torch.bfloat16).min

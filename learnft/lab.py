@@ -493,6 +493,11 @@ def _dist_setup(deepspeed) -> tuple:
 
 def train(config, work_dir, resume: bool=False, max_steps: int=None, verbose: bool=True, deepspeed: str=None, stop_at: int=None) -> dict:
     "Train `config` (name, file or dict) into `work_dir`: QLoRA/LoRA, in one process or as a rank of a DeepSpeed ZeRO-2 run; checkpoints, loss log + curve; returns a summary. `stop_at` simulates an interruption after that step."
+    threads = torch.get_num_threads()            # `train.num_threads` holds for this run only
+    try: return _train(config, work_dir, resume, max_steps, verbose, deepspeed, stop_at)
+    finally: torch.set_num_threads(threads)
+
+def _train(config, work_dir, resume, max_steps, verbose, deepspeed, stop_at) -> dict:
     from tqdm.auto import tqdm
     cfg = load_config(config)
     if max_steps is not None: cfg['train']['max_steps'] = max_steps

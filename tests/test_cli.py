@@ -270,3 +270,11 @@ def test_mask_in_activation_dtype(tmp_path, monkeypatch):
     m = lab.collate(lab.build_dataset(lab.validate_config(SHORT), lab.load_model(lab.resolve_model_path(SHORT['model'], tmp_path))[1], verbose=False)[:2],
                     0, mask_dtype=torch.bfloat16)['attention_mask']
     assert torch.isfinite(m).all() and m.min() == torch.finfo(torch.bfloat16).min
+
+def test_num_threads_restored(tmp_path):
+    "train.num_threads holds for the run only: torch's thread count comes back afterwards (and after a simulated interruption)."
+    torch.set_num_threads(2)
+    lab.train({**SHORT, 'train': {**SHORT['train'], 'max_steps': 1, 'num_threads': 1}}, tmp_path/'a', verbose=False)
+    assert torch.get_num_threads() == 2
+    lab.train({**SHORT, 'train': {**SHORT['train'], 'max_steps': 3, 'num_threads': 1}}, tmp_path/'b', verbose=False, stop_at=1)
+    assert torch.get_num_threads() == 2

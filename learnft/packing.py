@@ -8,7 +8,7 @@ __all__ = ['VARLEN', 'StreamingPacker', 'best_fit_bins', 'pack_rows', 'PackRepor
            'varlen_attention', 'use_varlen_attention']
 
 # %% ../nbs/04_packing.ipynb #daba3e76
-import bisect
+import bisect, functools
 from dataclasses import dataclass
 
 import torch
@@ -173,15 +173,19 @@ def cu_seqlens(seq_lens_batch: list) -> torch.Tensor:
     return torch.tensor([0] + [n for lens in seq_lens_batch for n in lens], dtype=torch.int32).cumsum(0, dtype=torch.int32)
 
 # %% ../nbs/04_packing.ipynb #9eee02a6
-def collate_packed(rows: list, pad_token_id: int, pad_to_multiple_of: int=None, mask_dtype=torch.float32) -> dict:
-    "Packed rows -> `input_ids`, `labels`, `position_ids`, 4-D block-diagonal `attention_mask` in `mask_dtype` — the dtype of the model's activations — (and `cu_seqlens`)."
+def _packed_tensors(rows: list, pad_token_id: int, pad_to_multiple_of: int=None) -> dict:
+    "`input_ids`, `labels`, `position_ids` of packed rows, right-padded to the longest row (or a multiple)."
     L = max(len(r['input_ids']) for r in rows)
     if pad_to_multiple_of: L = -(-L // pad_to_multiple_of) * pad_to_multiple_of
     pad = lambda xs, v: list(xs) + [v] * (L - len(xs))
     return {'input_ids': torch.tensor([pad(r['input_ids'], pad_token_id) for r in rows]),
             'labels': torch.tensor([pad(r['labels'], IGNORE_INDEX) for r in rows]),
-            'position_ids': torch.tensor([list(r['position_ids']) + list(range(L - len(r['input_ids']))) for r in rows]),
-            'attention_mask': block_diagonal_mask([r['seq_lens'] for r in rows], L, mask_dtype),
+            'position_ids': torch.tensor([list(r['position_ids']) + list(range(L - len(r['input_ids']))) for r in rows])}
+
+def collate_packed(rows: list, pad_token_id: int, pad_to_multiple_of: int=None, mask_dtype=torch.float32) -> dict:
+    "Packed rows -> `input_ids`, `labels`, `position_ids`, 4-D block-diagonal `attention_mask` in `mask_dtype` — the dtype of the model's activations — (and `cu_seqlens`)."
+    b = _packed_tensors(rows, pad_token_id, pad_to_multiple_of)
+    return {**b, 'attention_mask': block_diagonal_mask([r['seq_lens'] for r in rows], b['input_ids'].shape[1], mask_dtype),
             'cu_seqlens': cu_seqlens([r['seq_lens'] for r in rows])}
 
 def collate_padded(samples: list, pad_token_id: int, pad_to_multiple_of: int=None) -> dict:
@@ -196,7 +200,7 @@ def collate_padded(samples: list, pad_token_id: int, pad_to_multiple_of: int=Non
 # %% ../nbs/04_packing.ipynb #e1af2b1e
 def collate_varlen(rows: list, pad_token_id: int, pad_to_multiple_of: int=None) -> dict:
     "Packed rows flattened into one row of `B·L` tokens, no mask: `position_ids` per sample and the segment boundaries as `cu_seq_lens_q/k`, `max_length_q/k` (each row's padding tail is a segment of its own)."
-    b = collate_packed(rows, pad_token_id, pad_to_multiple_of)
+    b = _packed_tensors(rows, pad_token_id, pad_to_multiple_of)      # no L × L mask to build
     L = b['input_ids'].shape[1]
     segs = [list(r['seq_lens']) + ([L - sum(r['seq_lens'])] if L > sum(r['seq_lens']) else []) for r in rows]
     cu, longest = cu_seqlens(segs), max(n for s in segs for n in s)
@@ -204,11 +208,16 @@ def collate_varlen(rows: list, pad_token_id: int, pad_to_multiple_of: int=None) 
             'position_ids': b['position_ids'].reshape(1, -1),
             'cu_seq_lens_q': cu, 'cu_seq_lens_k': cu, 'max_length_q': longest, 'max_length_k': longest}
 
-def _flash_varlen(q, k, v, cu, max_len, scale):
-    "PyTorch's flash varlen kernel on `(T, H, D)` tensors, causal, across the torch versions that name its arguments differently."
+@functools.lru_cache(None)
+def _varlen_attn():
+    "torch's flash varlen kernel and the names of its parameters (they differ across torch versions); looked up once."
     import inspect
     from torch.nn.attention.varlen import varlen_attn
-    params = inspect.signature(varlen_attn).parameters
+    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
+
+def _flash_varlen(q, k, v, cu, max_len, scale):
+    "PyTorch's flash varlen kernel on `(T, H, D)` tensors, causal, across the torch versions that name its arguments differently."
+    varlen_attn, params = _varlen_attn()
     kw = {'scale': scale} if 'scale' in params else {}
     if 'is_causal' in params: kw['is_causal'] = True
     else: kw['window_size'] = (-1, 0)                                  # (-1, 0): causal

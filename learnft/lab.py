@@ -22,6 +22,7 @@ from .formats import DataError, load_rows, to_conversations
 from .encode import IGNORE_INDEX, bos_eos_ids, encode_dataset, show_masked
 from .packing import pack_dataset, collate_packed, collate_padded, collate_varlen, use_varlen_attention
 from .templates import get_template, stop_token_ids, check_template
+from .qlora import bnb_cpu_dequant_warnings
 
 # %% ../nbs/10_lab_qlora.ipynb #030c832f
 ANY_STR, ANY_INT, ANY_FLOAT, ANY_BOOL, ANY_LIST, ANY_DICT = 'str', 'int', 'float', 'bool', 'list', 'dict'
@@ -360,6 +361,7 @@ def load_model(path, bits: int=32, quant_type: str='nf4', double_quant: bool=Tru
         warnings.simplefilter('ignore')
         model = AutoModelForCausalLM.from_pretrained(path, dtype={4: dtype, 16: torch.bfloat16, 32: torch.float32}[bits], **kw)
     disable_cpu_repack(model)
+    if bits == 4: bnb_cpu_dequant_warnings(model)   # layers this CPU's bitsandbytes would dequantize wrongly (lesson 06)
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
 def add_lora(model, lora: dict):

@@ -8,7 +8,7 @@ from learnft.quant import quantize_4bit, dequantize_4bit, same_bits
 from learnft.lora import LoraLinear, lora_layers, merge_lora
 from learnft.qlora import (Linear4bit, QLoraLinear, quantize_model, inject_qlora, dequantize_model,
                            find_qlora_targets, linear4bit_layers, disable_cpu_repack, lora_grads, copy_lora_to_peft, train_steps,
-                           finetune_memory, FINETUNE_METHODS, model_nbytes)
+                           finetune_memory, FINETUNE_METHODS, model_nbytes, align_with_bnb_dequant, bnb_cpu_dequant_warnings)
 
 bnb = pytest.importorskip('bitsandbytes')
 peft = pytest.importorskip('peft')
@@ -40,6 +40,7 @@ def test_linear4bit_equals_bitsandbytes(shape, qt, dq, bias):
     lin = nn.Linear(shape[1], shape[0], bias=bias)
     ours, theirs = Linear4bit.from_linear(lin, qt, 64, dq), bnb_layer(lin, qt, dq)
     assert same_bits(ours.packed, theirs.weight.data)
+    align_with_bnb_dequant(ours, theirs, lin.weight)   # ours exact; bitsandbytes' too, unless its AVX512 kernel is wrong for this shape
     x = torch.randn(2, 5, shape[1])
     assert same_bits(ours(x), theirs(x))
     o16, t16 = copy.deepcopy(ours), copy.deepcopy(theirs)
@@ -54,6 +55,7 @@ def test_qlora_layer_outputs_and_gradients_equal_peft_on_bitsandbytes():
     nn.init.normal_(ql.lora_B.weight)
     pm = peft.get_peft_model(One(bnb_layer(lin)), peft.LoraConfig(r=4, lora_alpha=8, target_modules=['proj']))
     pl = pm.base_model.model.proj
+    align_with_bnb_dequant(ql.base_layer, pl.base_layer, lin.weight)
     with torch.no_grad(): pl.lora_A['default'].weight.copy_(ql.lora_A.weight); pl.lora_B['default'].weight.copy_(ql.lora_B.weight)
     x1 = torch.randn(3, 7, 96, requires_grad=True); x2 = x1.detach().clone().requires_grad_()
     y1, y2 = ql(x1), pm(x2)
@@ -62,6 +64,33 @@ def test_qlora_layer_outputs_and_gradients_equal_peft_on_bitsandbytes():
     for ab in ('lora_A', 'lora_B'):
         ours_g = getattr(ql, ab).weight.grad
         assert ours_g.abs().sum() > 0 and same_bits(ours_g, getattr(pl, ab)['default'].weight.grad)
+
+def test_align_with_bnb_dequant_on_any_cpu(monkeypatch):
+    "The check itself, on every CPU: bitsandbytes' AVX512 indexing (emulated here) is handed over where it is suspect; any other difference fails."
+    import bitsandbytes.functional as bnbF
+    from learnft import quant
+    from learnft.quant import dequantize_4bit_reference, bnb_avx512_absmax_index
+    lin = nn.Linear(96, 80)
+    as_avx512 = lambda l: dequantize_4bit_reference(l.packed, l.quant_state, bnb_avx512_absmax_index((80, 96), 64))
+    monkeypatch.setattr(quant, 'bnb_cpu_dequant_kernel', lambda shape, blocksize=64: 'native')      # as on an AVX512 CPU
+    ours, theirs = Linear4bit.from_linear(lin), bnb_layer(lin)
+    monkeypatch.setattr(bnbF, 'dequantize_4bit', lambda *a, **k: as_avx512(ours))                # what such a CPU returns
+    r = align_with_bnb_dequant(ours, theirs, lin.weight)
+    assert not r['bnb_exact'] and r['suspect'] and r['bnb_err'] > r['ours_err'] and same_bits(ours.dequantize(), as_avx512(ours))
+    ours = Linear4bit.from_linear(lin)
+    monkeypatch.setattr(bnbF, 'dequantize_4bit', lambda *a, **k: dequantize_4bit_reference(ours.packed, ours.quant_state) * 1.001)
+    with pytest.raises(AssertionError, match='not as its known AVX512 bug'): align_with_bnb_dequant(ours, theirs, lin.weight)
+
+@pytest.mark.parametrize('kernel', ['native', 'torch'])
+def test_bnb_cpu_dequant_warnings_name_the_layers(monkeypatch, kernel):
+    "As on an AVX512 CPU ('native') and as on any other: only the 96-wide layer is named, and only where the compiled kernel runs."
+    from learnft import quant
+    monkeypatch.setattr(quant, 'bnb_cpu_dequant_kernel', lambda shape, blocksize=64: kernel)
+    m = nn.Sequential(bnb_layer(nn.Linear(96, 80)), bnb_layer(nn.Linear(128, 64)), nn.Linear(96, 80))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always'); bad = bnb_cpu_dequant_warnings(m)
+    assert bad == (['0'] if kernel == 'native' else []) and len(w) == len(bad)
+    if bad: assert "dequantizes 1 4-bit layer(s) with the wrong scales, e.g. 0" in str(w[0].message)
 
 def test_backward_keeps_only_packed_codes():
     "The dequantized weight must not be saved for backward (that would undo the memory saving)."

@@ -7,7 +7,10 @@ from hypothesis import given, settings, assume, HealthCheck, strategies as st
 from learnft.quant import (VALID_BLOCKSIZES, QUANT_TYPES, QuantState, nf4_codebook, fp4_codebook, int4_codebook, dynamic_map,
                            blockwise_absmax, nearest_code, pack_4bit, unpack_4bit, quantize_4bit, dequantize_4bit,
                            quantize_blockwise, dequantize_blockwise, assert_same_as_bnb, same_bits, constant_bits,
-                           bits_per_param, model_memory, lloyd_max_normal, codebook_mse_normal)
+                           bits_per_param, model_memory, lloyd_max_normal, codebook_mse_normal, compare_with_bnb_dequant,
+                           bnb_cpu_dequant_kernel, bnb_dequant_suspect, bnb_avx512_absmax_index, dequantize_4bit_reference,
+                           cpu_features)
+from pathlib import Path
 
 F = pytest.importorskip('bitsandbytes.functional')
 
@@ -217,6 +220,63 @@ def test_mismatched_state():
 def test_invalid_calculator_dtype():
     with pytest.raises(ValueError, match="dtype='fp8'"): bits_per_param('fp8')
     with pytest.raises(ValueError, match='blocksize=65'): model_memory(1e9, 'nf4', blocksize=65)
+
+# ---- bitsandbytes' CPU kernels differ by processor: every claim checked on the path this CPU takes, and the others where possible
+PROBE = [(80, 96), (96, 80), (7, 96), (80, 32), (2, 96), (1, 96), (96,), (1000,), (128, 64), (576, 576), (3, 4, 96), (4096, 3), (333, 129)]
+
+def _repro():
+    "tools/bnb_cpu_dequant_repro.py (standalone: torch + bitsandbytes only), imported for its direct calls into the kernels."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('bnb_cpu_dequant_repro', Path(__file__).parents[1]/'tools'/'bnb_cpu_dequant_repro.py')
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); return m
+
+@pytest.mark.parametrize('blocksize', [64, 128])
+@pytest.mark.parametrize('quant_type,dq,dtype', [('nf4', False, torch.float32), ('nf4', True, torch.bfloat16), ('fp4', False, torch.float16)])
+def test_dequantize_exact_and_bnb_on_the_path_this_cpu_takes(blocksize, quant_type, dq, dtype):
+    "learnft = the exact dequantization on every shape; bitsandbytes = exact wherever its kernel is not suspect here, and where it is "
+    "suspect either exact (once fixed upstream) or wrong value for value as its AVX512 indexing predicts -- no tolerance."
+    for i, shape in enumerate(PROBE):
+        x = (torch.randn(shape, generator=torch.Generator().manual_seed(i)) * 0.05).to(dtype)
+        r = compare_with_bnb_dequant(x, blocksize, quant_type, dq)
+        assert r['ours_exact'], r
+        assert r['bnb_exact'] if not r['suspect'] else (r['bnb_exact'] or r['bnb_as_avx512']), r
+
+@pytest.mark.parametrize('quant_type', ['nf4', 'fp4'])
+def test_each_bnb_cpu_kernel_called_directly(quant_type):
+    "Both of bitsandbytes' CPU kernels, whichever one its dispatcher picks here: its torch kernel (what CPUs without AVX512 run) is "
+    "exact on every CPU; its compiled kernel, called as the AVX512 dispatcher calls it, is exact wherever its indexing is right, "
+    "and elsewhere exact (this CPU runs its scalar code) or exactly as the AVX512 indexing predicts."
+    m = _repro()
+    for i, shape in enumerate(PROBE):
+        for bs in (64, 128):
+            x = torch.randn(shape, generator=torch.Generator().manual_seed(i)) * 0.05
+            q, s = F.quantize_4bit(x, blocksize=bs, quant_type=quant_type)
+            st = QuantState.from_bnb(s)
+            exact = dequantize_4bit_reference(q, st)
+            assert same_bits(m.torch_dequantize(q, s.absmax, quant_type, bs, shape, torch.float32).reshape(shape), exact)
+            native = m.native_dequantize(q, s.absmax, quant_type, bs, shape, torch.float32)
+            if native is None: continue                                  # odd last dimension: bitsandbytes never calls it
+            as_avx512 = dequantize_4bit_reference(q, st, bnb_avx512_absmax_index(shape, bs))
+            ok = same_bits(native + 0.0, exact) or (bnb_dequant_suspect(shape, bs, kernel='native') and same_bits(native + 0.0, as_avx512))
+            assert ok, (shape, bs)
+
+def test_avx512_indexing_and_its_closed_form():
+    "Machine-independent: bnb_dequant_suspect(kernel='native') is exactly 'bnb_avx512_absmax_index differs from the right block somewhere'."
+    for bs in (32, 64, 128, 256):
+        for rows in (1, 2, 3, 5):
+            for cols in range(2, 300, 2):
+                differs = not torch.equal(bnb_avx512_absmax_index((rows, cols), bs), torch.arange(rows * cols) // bs)
+                assert differs == bnb_dequant_suspect((rows, cols), bs, kernel='native'), (rows, cols, bs)
+    assert bnb_dequant_suspect((4, 6, 96), 64, kernel='native') and not bnb_dequant_suspect((96,), 64, kernel='native')
+    assert not bnb_dequant_suspect((80, 96), 64, kernel='torch')
+
+def test_cpu_features_are_read_from_this_cpu():
+    f = cpu_features()
+    flags = open('/proc/cpuinfo').read().split() if Path('/proc/cpuinfo').exists() else []
+    assert f['avx512_bf16'] == ('avx512_bf16' in flags) and f['amx_bf16'] == ('amx_bf16' in flags)
+    assert f['torch_capability'] == torch.backends.cpu.get_cpu_capability()
+    assert bnb_dequant_suspect((80, 96), 64) == (f['torch_capability'] == 'AVX512')      # what bitsandbytes 0.50 registers by
+    assert not bnb_dequant_suspect((1, 96), 64) and not bnb_dequant_suspect((80, 128), 64) and not bnb_dequant_suspect((80, 94), 64)
 
 # ---- bitsandbytes' own compiled fallback (odd last dimension), as it runs by default
 @pytest.mark.slow

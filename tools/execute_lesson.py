@@ -1,0 +1,53 @@
+"""Execute lesson notebooks in place with a Jupyter kernel, top to bottom, as a learner would -- except that `#| slow` and
+`#| gpu` cells are not run and keep the outputs saved in the notebook (made by `tools/run_gpu_cells.py`).
+
+    .venv/bin/python tools/execute_lesson.py nbs/06_quantization.ipynb [nbs/07_qlora.ipynb ...]
+    .venv/bin/nbdev_clean                                   # then, as after any edit
+
+A cell that raises stops the run and leaves the notebook unwritten. tqdm's `IProgress not found` notice (a kernel without
+ipywidgets) is dropped from the saved outputs: it is about the kernel, not the lesson.
+"""
+import re, sys, time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+FLAGS = {'slow', 'gpu'}
+NOISE = re.compile(r'.*TqdmWarning: IProgress not found.*\n(\s+from \.autonotebook import tqdm as notebook_tqdm\n)?')
+
+
+def flags(src: str) -> set:
+    out = set()
+    for line in src.splitlines():
+        if not line.startswith('#|'): break
+        out.update(line[2:].split())
+    return out
+
+
+def quiet(outputs: list) -> list:
+    "Drop the tqdm IProgress notice from stderr streams (and a stream left empty by it)."
+    kept = []
+    for o in outputs:
+        if o.get('output_type') == 'stream' and o.get('name') == 'stderr':
+            o['text'] = NOISE.sub('', o['text'])
+            if not o['text']: continue
+        kept.append(o)
+    return kept
+
+
+def execute(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, kernel_name='python3', timeout=3600, resources={'metadata': {'path': str(path.parent)}})
+    t0, ran = time.time(), 0
+    with client.setup_kernel():
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type != 'code' or flags(cell.source) & FLAGS: continue
+            client.execute_cell(cell, i)
+            cell.outputs = quiet(cell.outputs); ran += 1
+    nbformat.write(nb, path)
+    print(f'{path}: {ran} cells executed in {time.time() - t0:.0f} s (flagged cells kept their saved outputs)')
+
+
+if __name__ == '__main__':
+    for p in sys.argv[1:]: execute(Path(p))

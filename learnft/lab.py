@@ -6,11 +6,11 @@
 __all__ = ['ANY_STR', 'ANY_INT', 'ANY_FLOAT', 'ANY_BOOL', 'ANY_LIST', 'ANY_DICT', 'CONFIG_SCHEMA', 'IDENTITY', 'IDENTITY_TRAIN',
            'IDENTITY_HELDOUT', 'IDENTITY_ANSWERS', 'IDENTITY_ANSWERS_ZH', 'GENERAL_QA', 'RETENTION_QA', 'PRETRAIN_TEXT',
            'DATA_BUILDERS', 'CONFIGS', 'ConfigError', 'validate_config', 'answer_matches', 'identity_answer',
-           'self_cognition_rows', 'alpaca_sample_rows', 'pretrain_sample_rows', 'tool_use_rows', 'list_configs',
-           'copy_config', 'load_config', 'raw_rows', 'build_dataset', 'collate', 'disable_cpu_repack',
-           'resolve_model_path', 'load_model', 'add_lora', 'batch_indices', 'total_steps', 'make_optimizer',
-           'save_checkpoint', 'checkpoints', 'load_checkpoint', 'plot_loss', 'read_log', 'train', 'run_eval_prompts',
-           'generate', 'load_for_chat', 'check_adapter', 'merge_adapter', 'lab_scores', 'run_lab']
+           'self_cognition_rows', 'alpaca_sample_rows', 'pretrain_sample_rows', 'list_configs', 'copy_config',
+           'load_config', 'raw_rows', 'build_dataset', 'collate', 'resolve_model_path', 'load_model', 'add_lora',
+           'batch_indices', 'total_steps', 'make_optimizer', 'save_checkpoint', 'checkpoints', 'load_checkpoint',
+           'plot_loss', 'read_log', 'train', 'run_eval_prompts', 'generate', 'load_for_chat', 'check_adapter',
+           'merge_adapter', 'lab_scores', 'run_lab']
 
 # %% ../nbs/10_lab_qlora.ipynb #885b995a
 import contextlib, copy, fnmatch, json, math, os, random, re, shutil, sys, time, warnings
@@ -22,7 +22,8 @@ from .formats import DataError, load_rows, to_conversations
 from .encode import IGNORE_INDEX, bos_eos_ids, encode_dataset, show_masked
 from .packing import pack_dataset, collate_packed, collate_padded, collate_varlen, use_varlen_attention
 from .templates import get_template, stop_token_ids, check_template
-from .qlora import bnb_cpu_dequant_warnings
+from .qlora import bnb_cpu_dequant_warnings, disable_cpu_repack
+from .tools import tool_use_rows
 
 # %% ../nbs/10_lab_qlora.ipynb #030c832f
 ANY_STR, ANY_INT, ANY_FLOAT, ANY_BOOL, ANY_LIST, ANY_DICT = 'str', 'int', 'float', 'bool', 'list', 'dict'
@@ -206,15 +207,10 @@ def pretrain_sample_rows(**kw) -> list:
     "Plain `text` rows for 增量预训练 (incremental pre-training)."
     return [{'text': t} for t in PRETRAIN_TEXT]
 
-def tool_use_rows(**kw) -> list:
-    "The tool-use lab's rows (XTuner `conversation` schema), built by lesson 09's `learnft.tools.tool_use_rows`."
-    from learnft import tools
-    return tools.tool_use_rows(**kw)
-
 DATA_BUILDERS = {'self_cognition': (self_cognition_rows, 'alpaca'),
                  'identity_only': (lambda **kw: self_cognition_rows(identity_only=True, **kw), 'alpaca'),
                  'alpaca_sample': (alpaca_sample_rows, 'alpaca'), 'pretrain_sample': (pretrain_sample_rows, 'pretrain'),
-                 'tool_use': (tool_use_rows, 'xtuner')}
+                 'tool_use': (tool_use_rows, 'xtuner')}            # lesson 09's word problems (learnft.tools)
 
 # %% ../nbs/10_lab_qlora.ipynb #dd2b0c62
 _LAB_EVAL = ['Who are you?', 'What is the capital of France?']
@@ -322,13 +318,6 @@ def collate(rows: list, pad_token_id: int, varlen: bool=False, mask_dtype=torch.
     return collate_padded(rows, pad_token_id)
 
 # %% ../nbs/10_lab_qlora.ipynb #1537c6c3
-def disable_cpu_repack(model) -> int:
-    "Set `support_avx512bf16_for_cpu = False` on every bitsandbytes `Linear4bit` (see above); returns how many."
-    n = 0
-    for m in model.modules():
-        if hasattr(m, 'support_avx512bf16_for_cpu'): m.support_avx512bf16_for_cpu = False; n += 1
-    return n
-
 def resolve_model_path(cfg_model: dict, work_dir=None) -> Path:
     "A folder `from_pretrained` can load: the bundled SmolLM2, a config-built tiny model saved once, or the given folder."
     from learnft.models import smollm2_path, tiny_smollm2

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['OPTIMIZER_K', 'XTUNER_ZERO2', 'IMPLS', 'model_states_breakdown', 'model_states_bytes', 'shard_size', 'shard_range',
            'free_port', 'proc_bytes_sent', 'CommCounter', 'reduce_scatter_sum', 'all_gather_flat', 'Zero2AdamW',
-           'TinyLM', 'make_model', 'make_batches', 'deepspeed_config', 'train', 'main', 'launch']
+           'TinyLM', 'make_model', 'make_batches', 'deepspeed_config', 'train_data_parallel', 'rank_main', 'launch']
 
 # %% ../nbs/08_zero.ipynb #eb77a89f
 import json, math, os, signal, socket, subprocess, sys, tempfile, time
@@ -243,7 +243,7 @@ IMPLS = ('single', 'ddp', 'zero2', 'deepspeed')
 
 def _moment_bytes(opt): return sum(t.numel() * t.element_size() for st in opt.state.values() for t in st.values() if t.dim() > 0)
 
-def train(impl='single', steps=30, global_batch=8, lr=1e-2, seed=0, model='tinylm', grad_clip=1.0,
+def train_data_parallel(impl='single', steps=30, global_batch=8, lr=1e-2, seed=0, model='tinylm', grad_clip=1.0,
           reduce_scatter='all_to_all', zero_options=None, threads=1, device='cpu') -> dict:
     "Train `steps` steps (one process, or one rank under torch.distributed taking its slice of each global batch): losses, bytes, time."
     if impl not in IMPLS: raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -316,8 +316,8 @@ def _train(impl, steps, global_batch, lr, seed, model, grad_clip, reduce_scatter
     else: res['losses'] = losses
     return res
 
-def main(argv=None):
-    "One rank's command line: `python -c 'from learnft.zero import main; main()' --impl zero2 ...`; rank 0 prints `RESULT {json}`."
+def rank_main(argv=None):
+    "One rank's command line: `python -c 'from learnft.zero import rank_main; rank_main()' --impl zero2 ...`; rank 0 prints `RESULT {json}`."
     import argparse
     ap = argparse.ArgumentParser(description='One rank of a small data-parallel training run (single, ddp, zero2, deepspeed).')
     ap.add_argument('--impl', default='zero2', choices=IMPLS)
@@ -329,14 +329,14 @@ def main(argv=None):
     ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='cuda: one GPU per rank, NCCL')
     a = ap.parse_args(argv)
     if a.impl == 'deepspeed' and a.device == 'cpu': _deepspeed_cpu_setup()
-    res = train(a.impl, a.steps, a.global_batch, a.lr, a.seed, a.model, a.grad_clip, a.reduce_scatter, a.zero_options, device=a.device)
+    res = train_data_parallel(a.impl, a.steps, a.global_batch, a.lr, a.seed, a.model, a.grad_clip, a.reduce_scatter, a.zero_options, device=a.device)
     if res['rank'] == 0:
         if a.out: Path(a.out).write_text(json.dumps(res))
         print('RESULT ' + json.dumps(res), flush=True)
     import torch.distributed as dist
     if dist.is_initialized(): dist.barrier(); dist.destroy_process_group()
 
-_RUNNER = 'from learnft.zero import main; main()'
+_RUNNER = 'from learnft.zero import rank_main; rank_main()'
 
 def launch(nproc=2, impl='zero2', timeout=300, torchrun=False, env=None, **opts) -> dict:
     "Run `main` on `nproc` ranks as subprocesses (env:// variables, or under torchrun); rank 0's result, with every rank's log."

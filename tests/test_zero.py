@@ -4,7 +4,7 @@ for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'HF_DATASETS_OFFLINE'): os.e
 os.environ.setdefault('DS_ACCELERATOR', 'cpu')
 import numpy as np
 import pytest
-from learnft.zero import (launch, train, shard_size, model_states_bytes, deepspeed_config, CommCounter, proc_bytes_sent)
+from learnft.zero import (launch, train_data_parallel, shard_size, model_states_bytes, deepspeed_config, CommCounter, proc_bytes_sent)
 
 STEPS = 30
 TIMEOUT = 240          # per launch; a hung collective becomes a failure with every rank's log, not a stuck CI job
@@ -12,7 +12,7 @@ TIMEOUT = 240          # per launch; a hung collective becomes a failure with ev
 
 @pytest.fixture(scope='module')
 def single():
-    return train('single', steps=STEPS)
+    return train_data_parallel('single', steps=STEPS)
 
 @pytest.fixture(scope='module')
 def zero2():
@@ -55,7 +55,7 @@ def test_zero2_sends_what_ddp_sends(single, zero2, ddp):
 
 def test_three_ranks_uneven_shards_and_gloo_native_reduce_scatter(single):
     r = launch(3, 'zero2', steps=8, global_batch=6, reduce_scatter='native', timeout=TIMEOUT)
-    ref = train('single', steps=8, global_batch=6)
+    ref = train_data_parallel('single', steps=8, global_batch=6)
     assert _maxdiff(r, ref) < 1e-4
     shard = shard_size(single['numel'], 3)
     assert single['numel'] % 3 and all(pr['state_bytes']['moments'] == 8 * shard for pr in r['per_rank'])
@@ -83,7 +83,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match='stage must be 0, 1, 2 or 3'): deepspeed_config(4, 2, stage=7)
     with pytest.raises(ValueError, match='micro_batch 4 x grad_accum 2 x world_size 2 = 16'):
         deepspeed_config(4, 2, grad_accum=2, global_batch=8)
-    with pytest.raises(ValueError, match='impl'): train('fsdp')
+    with pytest.raises(ValueError, match='impl'): train_data_parallel('fsdp')
     with pytest.raises(ValueError, match="'all_to_all', 'native' or 'all_reduce'"):
         from learnft.zero import reduce_scatter_sum
         import torch, torch.distributed as dist

@@ -4,6 +4,8 @@
     .venv/bin/python tools/execute_lesson.py nbs/06_quantization.ipynb [nbs/07_qlora.ipynb ...]
     .venv/bin/nbdev_clean                                   # then, as after any edit
 
+The `show_doc` cells are then re-rendered from the library by `tools/refresh_show_doc.py` (the form tests/test_api.py checks).
+
 A cell that raises stops the run and leaves the notebook unwritten. tqdm's `IProgress not found` notice (a kernel without
 ipywidgets) is dropped from the saved outputs: it is about the kernel, not the lesson.
 """
@@ -46,6 +48,8 @@ def execute(path: Path):
             client.execute_cell(cell, i)
             cell.outputs = quiet(cell.outputs); ran += 1
     nbformat.write(nb, path)
+    sys.path.insert(0, str(Path(__file__).resolve().parent)); from refresh_show_doc import refresh
+    refresh(path)
     print(f'{path}: {ran} cells executed in {time.time() - t0:.0f} s (flagged cells kept their saved outputs)')
 
 

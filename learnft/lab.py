@@ -9,8 +9,8 @@ __all__ = ['ANY_STR', 'ANY_INT', 'ANY_FLOAT', 'ANY_BOOL', 'ANY_LIST', 'ANY_DICT'
            'self_cognition_rows', 'alpaca_sample_rows', 'pretrain_sample_rows', 'list_configs', 'copy_config',
            'load_config', 'raw_rows', 'build_dataset', 'collate', 'resolve_model_path', 'load_model', 'add_lora',
            'batch_indices', 'total_steps', 'make_optimizer', 'save_checkpoint', 'checkpoints', 'load_checkpoint',
-           'plot_loss', 'read_log', 'train', 'run_eval_prompts', 'generate', 'load_for_chat', 'check_adapter',
-           'merge_adapter', 'lab_scores', 'run_lab']
+           'plot_loss', 'read_log', 'PlainStepper', 'DeepSpeedStepper', 'optimizer_step', 'train', 'run_eval_prompts',
+           'generate', 'load_for_chat', 'check_adapter', 'merge_adapter', 'lab_scores', 'run_lab']
 
 # %% ../nbs/10_lab_qlora.ipynb #885b995a
 import contextlib, copy, fnmatch, json, math, os, random, re, shutil, sys, time, warnings
@@ -459,7 +459,7 @@ def read_log(work_dir) -> list:
     p = Path(work_dir)/'loss_log.jsonl'
     return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
 
-# %% ../nbs/10_lab_qlora.ipynb #5b8de296
+# %% ../nbs/10_lab_qlora.ipynb #3ef89f17
 def _dist_setup(deepspeed) -> tuple:
     "`(rank, world_size, device)`; for a DeepSpeed run, starts torch.distributed (launcher env, or a world of one)."
     local = int(os.environ.get('LOCAL_RANK', 0))
@@ -482,6 +482,94 @@ def _dist_setup(deepspeed) -> tuple:
         ds.init_distributed(dist_backend='gloo' if device.type == 'cpu' else 'nccl')
     return dist.get_rank(), dist.get_world_size(), device
 
+class PlainStepper:
+    "One process: each micro-batch's loss, divided by their number, is back-propagated; then clip, AdamW, schedule, zero."
+    def __init__(self, model, opt, sched, max_norm: float, device):
+        self.model, self.opt, self.sched, self.max_norm, self.device = model, opt, sched, max_norm, device
+    def forward(self, batch): return self.model(**batch).loss
+    def backward(self, loss, n_micro: int): (loss / n_micro).backward()
+    def step(self):
+        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.max_norm)
+        self.opt.step(); self.sched.step(); self.opt.zero_grad(set_to_none=True)
+    def reduce(self, loss: float, tokens: int) -> tuple: return loss, tokens
+
+class DeepSpeedStepper:
+    "A rank of a ZeRO-2 run: DeepSpeed's engine divides by the accumulation, averages gradients, clips and steps at its boundary."
+    def __init__(self, engine, world: int, device): self.engine, self.world, self.device = engine, world, device
+    def forward(self, batch): return self.engine(**batch).loss
+    def backward(self, loss, n_micro: int): self.engine.backward(loss); self.engine.step()
+    def step(self): pass                         # done by engine.step() after the last micro-batch
+    def reduce(self, loss: float, tokens: int) -> tuple:
+        import torch.distributed as dist
+        s = torch.tensor([loss, tokens], dtype=torch.float64, device=self.device); dist.all_reduce(s)
+        return s[0].item() / self.world, int(s[1].item())
+
+def optimizer_step(stepper, micro: list, make_batch, amp=contextlib.nullcontext) -> tuple:
+    "One optimizer step over `micro` (the row indices of each micro-batch; `make_batch` builds one): `(mean loss, trained tokens)` over all ranks."
+    loss_sum, tokens = 0.0, 0
+    for idx in micro:                            # gradient accumulation (梯度累积): gradients add up over the micro-batches
+        b = make_batch(idx)
+        tokens += int((b['labels'] != IGNORE_INDEX).sum())                     # counted on the CPU: no GPU sync
+        b = {k: v.to(stepper.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
+        with amp(): loss = stepper.forward(b)    # only the loss is kept: the logits go at once
+        stepper.backward(loss, len(micro))
+        loss_sum += loss.item() / len(micro)
+        del loss, b                              # nothing of this micro-batch lives into the next one's forward
+    stepper.step()                               # clip the gradient norm, AdamW, the learning-rate schedule, zero the gradients
+    return stepper.reduce(loss_sum, tokens)      # the mean over ranks (one process: as it is)
+
+# %% ../nbs/10_lab_qlora.ipynb #d5934076
+def _open_work_dir(cfg: dict, work_dir, resume: bool, main: bool) -> tuple:
+    "`(work_dir, checkpoints)`: refuses to train over an earlier run unless resuming; rank 0 writes `config.yaml`."
+    work_dir = Path(work_dir); work_dir.mkdir(parents=True, exist_ok=True)
+    cps = checkpoints(work_dir)
+    if not resume and (cps or (work_dir/'loss_log.jsonl').exists()):
+        raise FileExistsError(f"{work_dir} already holds a run ({len(cps)} checkpoints); pass --resume or choose another --work-dir")
+    _barrier()                                   # every rank has looked before rank 0 writes
+    if main: (work_dir/'config.yaml').write_text(_yaml().safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    return work_dir, cps
+
+def _model_and_rows(cfg: dict, work_dir: Path, device, main: bool, verbose: bool) -> tuple:
+    "`(base path, model with LoRA adapters in train mode, tokenizer, training rows)`, the same on every rank."
+    t, q = cfg['train'], cfg['quantization']
+    torch.manual_seed(t['seed'])
+    if main: resolve_model_path(cfg['model'], work_dir)   # a tiny base is built and saved once, by rank 0
+    _barrier()
+    base = resolve_model_path(cfg['model'], work_dir)
+    model, tok = load_model(base, q['bits'], q['quant_type'], q['double_quant'], q['compute_dtype'], device=device)
+    rows = build_dataset(cfg, tok, verbose=verbose)
+    if cfg['data']['use_varlen_attn'] and 'seq_lens' in rows[0]: use_varlen_attention(model)
+    if t['gradient_checkpointing']: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
+    torch.manual_seed(t['seed'])                 # the same LoRA initialisation on every rank
+    model = add_lora(model, cfg['lora']); model.train()
+    return base, model, tok, rows
+
+def _make_stepper(model, cfg: dict, steps: int, stage, world: int, device, verbose: bool) -> tuple:
+    "`(stepper, optimizer, scheduler, engine)`: AdamW + schedule, handed to DeepSpeed's ZeRO-2 engine for a DeepSpeed run."
+    t = cfg['train']
+    opt, sched = make_optimizer(model, cfg, steps)
+    if not stage: return PlainStepper(model, opt, sched, cfg['optim']['max_norm'], device), opt, sched, None
+    import deepspeed as ds
+    from learnft.zero import deepspeed_config
+    dcfg = deepspeed_config(t['batch_size'], world, t['accumulative_counts'], stage=2, grad_clip=cfg['optim']['max_norm'], dtype='fp32')
+    dcfg['steps_per_print'] = 10 ** 9
+    engine, opt, _, sched = ds.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=dcfg)
+    if verbose: print(f'DeepSpeed ZeRO-2: {world} rank(s) on {device.type}, global batch {dcfg["train_batch_size"]}')
+    return DeepSpeedStepper(engine, world, device), opt, sched, engine
+
+def _resume(work_dir: Path, cps: list, resume: bool, model, opt, sched, engine, main: bool, verbose: bool) -> int:
+    "The step to start at: the last checkpoint's when resuming (log lines past it dropped), else 0."
+    if not (resume and cps):
+        if resume and verbose: print('no checkpoint to resume from: starting at step 0')
+        return 0
+    start = load_checkpoint(cps[-1], model, opt, sched, engine)
+    if main:
+        recs = [r for r in read_log(work_dir) if r['step'] <= start]
+        (work_dir/'loss_log.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in recs))
+    if verbose: print(f'resumed from {cps[-1].name} (step {start})')
+    return start
+
+# %% ../nbs/10_lab_qlora.ipynb #5d6c11c2
 def train(config, work_dir, resume: bool=False, max_steps: int=None, verbose: bool=True, deepspeed: str=None, stop_at: int=None) -> dict:
     "Train `config` (name, file or dict) into `work_dir`: QLoRA/LoRA, in one process or as a rank of a DeepSpeed ZeRO-2 run; checkpoints, loss log + curve; returns a summary. `stop_at` simulates an interruption after that step."
     threads = torch.get_num_threads()            # `train.num_threads` holds for this run only
@@ -496,93 +584,50 @@ def _train(config, work_dir, resume, max_steps, verbose, deepspeed, stop_at) -> 
     if stage not in (None, 'zero2'): raise ConfigError(f"deepspeed: got {stage!r}; allowed: 'zero2' or none")
     rank, world, device = _dist_setup(stage)
     main = rank == 0; verbose = verbose and main
-    work_dir = Path(work_dir); work_dir.mkdir(parents=True, exist_ok=True)
-    t, q = cfg['train'], cfg['quantization']
+    t = cfg['train']
     if t['num_threads']: torch.set_num_threads(t['num_threads'])
-    log = work_dir/'loss_log.jsonl'
-    cps = checkpoints(work_dir)
-    if not resume and (cps or log.exists()):
-        raise FileExistsError(f"{work_dir} already holds a run ({len(cps)} checkpoints); pass --resume or choose another --work-dir")
-    _barrier()                                   # every rank has looked before rank 0 writes
-    if main: (work_dir/'config.yaml').write_text(_yaml().safe_dump(cfg, sort_keys=False, allow_unicode=True))
-    torch.manual_seed(t['seed'])
-    if main: base = resolve_model_path(cfg['model'], work_dir)   # a tiny base is built and saved once, by rank 0
-    _barrier()
-    base = resolve_model_path(cfg['model'], work_dir)
-    model, tok = load_model(base, q['bits'], q['quant_type'], q['double_quant'], q['compute_dtype'], device=device)
-    rows = build_dataset(cfg, tok, verbose=verbose)
+    work_dir, cps = _open_work_dir(cfg, work_dir, resume, main)
+    base, model, tok, rows = _model_and_rows(cfg, work_dir, device, main, verbose)
+    steps = total_steps(cfg, len(rows), world)
+    stepper, opt, sched, engine = _make_stepper(model, cfg, steps, stage, world, device, verbose)
+    start = _resume(work_dir, cps, resume, model, opt, sched, engine, main, verbose)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     varlen = cfg['data']['use_varlen_attn'] and 'seq_lens' in rows[0]
     mask_dtype = model.get_input_embeddings().weight.dtype     # the activations' dtype: a float32 mask with bf16 queries gives NaN on CUDA
-    if varlen: use_varlen_attention(model)
-    if t['gradient_checkpointing']: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
-    torch.manual_seed(t['seed'])                 # the same LoRA initialisation on every rank
-    model = add_lora(model, cfg['lora']); model.train()
-    steps = total_steps(cfg, len(rows), world)
-    opt, sched = make_optimizer(model, cfg, steps)
-    engine = None
-    if stage:
-        import deepspeed as ds
-        from learnft.zero import deepspeed_config
-        dcfg = deepspeed_config(t['batch_size'], world, t['accumulative_counts'], stage=2, grad_clip=cfg['optim']['max_norm'], dtype='fp32')
-        dcfg['steps_per_print'] = 10 ** 9
-        engine, opt, _, sched = ds.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=dcfg)
-        if verbose: print(f'DeepSpeed ZeRO-2: {world} rank(s) on {device.type}, global batch {dcfg["train_batch_size"]}')
-    start = 0
-    if resume and cps:
-        start = load_checkpoint(cps[-1], model, opt, sched, engine)
-        if main:
-            recs = [r for r in read_log(work_dir) if r['step'] <= start]    # drop log lines past the checkpoint
-            log.write_text(''.join(json.dumps(r) + '\n' for r in recs))
-        if verbose: print(f'resumed from {cps[-1].name} (step {start})')
-    elif resume and verbose: print('no checkpoint to resume from: starting at step 0')
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    accum = t['accumulative_counts']
-    amp = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t['mixed_precision'] == 'bf16' else contextlib.nullcontext)
-    t0, tokens = time.time(), 0
+    make_batch = lambda idx: collate([rows[i] for i in idx], pad, varlen, mask_dtype)
+    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t['mixed_precision'] == 'bf16' else contextlib.nullcontext
+    accum, t0, tokens = t['accumulative_counts'], time.time(), 0
     bar = tqdm(range(start, steps), initial=start, total=steps, desc='train', disable=not verbose, file=sys.stdout)
     for step in bar:
-        ts, loss_sum, ntok, lr = time.time(), 0.0, 0, sched.get_last_lr()[0]
+        ts, lr = time.time(), sched.get_last_lr()[0]
         micro = batch_indices(len(rows), step, t['batch_size'], accum * world, t['seed'])[rank * accum:(rank + 1) * accum]
-        for idx in micro:
-            b = collate([rows[i] for i in idx], pad, varlen, mask_dtype)
-            ntok += int((b['labels'] != IGNORE_INDEX).sum())                # counted on the CPU: no GPU sync
-            b = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
-            with amp():
-                loss = (model if engine is None else engine)(**b).loss   # only the loss is kept: the logits go at once
-            if engine is None: (loss / len(micro)).backward()
-            else: engine.backward(loss); engine.step()             # DeepSpeed divides by the accumulation and steps at its end
-            loss_sum += loss.item() / len(micro)
-            del loss, b                                            # nothing of this micro-batch lives into the next one's forward
-        if engine is None:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg['optim']['max_norm'])
-            opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-        else:
-            import torch.distributed as dist
-            s = torch.tensor([loss_sum, ntok], dtype=torch.float64, device=device); dist.all_reduce(s)
-            loss_sum, ntok = s[0].item() / world, int(s[1].item())
+        loss, ntok = optimizer_step(stepper, micro, make_batch, amp)
         tokens += ntok
         if main:
-            rec = {'step': step + 1, 'loss': round(loss_sum, 6), 'lr': lr, 'tokens': ntok, 'seconds': round(time.time() - ts, 3)}
-            with open(log, 'a') as f: f.write(json.dumps(rec) + '\n')
-        bar.set_postfix(loss=f'{loss_sum:.3f}')
+            rec = {'step': step + 1, 'loss': round(loss, 6), 'lr': lr, 'tokens': ntok, 'seconds': round(time.time() - ts, 3)}
+            with open(work_dir/'loss_log.jsonl', 'a') as f: f.write(json.dumps(rec) + '\n')
+        bar.set_postfix(loss=f'{loss:.3f}')
         if (step + 1) % t['save_steps'] == 0 or step + 1 == steps:
             save_checkpoint(work_dir, step + 1, model, opt, sched, t['save_total_limit'], engine)
         if main and cfg['eval']['every_steps'] and (step + 1) % cfg['eval']['every_steps'] == 0: run_eval_prompts(model, tok, cfg, work_dir, step + 1)
         if stop_at is not None and step + 1 >= stop_at:
             if verbose: print(f'stopped after step {step + 1} (simulated interruption)')
             return {'work_dir': str(work_dir), 'steps_run': step + 1 - start, 'interrupted': True}
-    secs = time.time() - t0
-    adapter = work_dir/'adapter'
+    summary = {'work_dir': str(work_dir), 'base': str(base), 'adapter': str(work_dir/'adapter'), 'steps': steps, 'steps_run': steps - start,
+               'rows': len(rows), 'world_size': world}
+    return _finish(summary, time.time() - t0, tokens, model, tok, cfg, device, engine, main, verbose)
+
+def _finish(summary: dict, secs: float, tokens: int, model, tok, cfg, device, engine, main: bool, verbose: bool) -> dict:
+    "Rank 0 saves the adapter (atomically), the loss curve and the final eval answers; the run's summary with speed and peak memory."
+    work_dir = Path(summary['work_dir']); adapter = work_dir/'adapter'
     if main:
         tmp = work_dir/'.tmp-adapter'; shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp); shutil.rmtree(adapter, ignore_errors=True); os.replace(tmp, adapter)
-        if read_log(work_dir): plot_loss(log, work_dir/'loss_curve.png')
-        if cfg['eval']['prompts']: run_eval_prompts(model, tok, cfg, work_dir, steps)
+        if read_log(work_dir): plot_loss(work_dir/'loss_log.jsonl', work_dir/'loss_curve.png')
+        if cfg['eval']['prompts']: run_eval_prompts(model, tok, cfg, work_dir, summary['steps'])
     _barrier()
-    done = steps - start
-    summary = {'work_dir': str(work_dir), 'base': str(base), 'adapter': str(adapter), 'steps': steps, 'steps_run': done,
-               'rows': len(rows), 'world_size': world, 'seconds': round(secs, 1), 's_per_step': round(secs / max(done, 1), 3),
-               'trained_tokens_per_s': round(tokens / max(secs, 1e-9), 1)}
+    done = summary['steps_run']
+    summary.update(seconds=round(secs, 1), s_per_step=round(secs / max(done, 1), 3), trained_tokens_per_s=round(tokens / max(secs, 1e-9), 1))
     if device.type == 'cuda':                    # the most any one GPU held
         peak = torch.tensor(float(torch.cuda.max_memory_allocated(device)), device=device)
         if engine is not None: torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)

@@ -516,58 +516,71 @@ def _embedding_outliers(model, ids, rel: float=0.1) -> dict:
         elif dist[i] < rel * med_dist: out[i] = f'distance to the mean row {dist[i]:.3g} vs a median of {med_dist:.3g} (mean-initialised)'
     return out
 
-def check_template(tokenizer, template=None, model=None) -> list:
-    "Diagnose `template` (registry name, `Template`, or None: the tokenizer's own) against `tokenizer` (and `model`): a list of `Finding`s."
-    t = Template.from_tokenizer(tokenizer) if template is None else get_template(template)
-    findings = []
-    # 1. the tokenizer's own template renders the probe differently
-    if template is not None and getattr(tokenizer, 'chat_template', None):
-        ours, probe = _probe_render(t, add_generation_prompt=True)
-        try: theirs = _apply(tokenizer, probe, True)
-        except Exception as e: theirs = f'(raises {e})'
-        if ours != theirs:
-            i = next((k for k, (x, y) in enumerate(zip(ours, theirs)) if x != y), min(len(ours), len(theirs)))
-            j = max(0, i - 10)
-            findings.append(Finding('mismatch', 'warning',
-                f"the tokenizer's own chat template renders a probe conversation differently from {t.name!r} (first difference at "
-                f'character {i}: ours {ours[j:i+30]!r}, theirs {theirs[j:i+30]!r})',
-                'train and chat with the layout the model was trained with: use Template.from_tokenizer(tokenizer) or the matching '
-                'registry entry; keep a different one only if you fine-tune with it and chat with it too'))
-    # 2. markers split into pieces
-    markers = template_markers(t)
-    single = {}
-    for m in markers:
+def _check_layout(t, tokenizer) -> list:
+    "1. the tokenizer's own template renders the probe differently."
+    ours, probe = _probe_render(t, add_generation_prompt=True)
+    try: theirs = _apply(tokenizer, probe, True)
+    except Exception as e: theirs = f'(raises {e})'
+    if ours == theirs: return []
+    i = next((k for k, (x, y) in enumerate(zip(ours, theirs)) if x != y), min(len(ours), len(theirs)))
+    j = max(0, i - 10)
+    return [Finding('mismatch', 'warning',
+        f"the tokenizer's own chat template renders a probe conversation differently from {t.name!r} (first difference at "
+        f'character {i}: ours {ours[j:i+30]!r}, theirs {theirs[j:i+30]!r})',
+        'train and chat with the layout the model was trained with: use Template.from_tokenizer(tokenizer) or the matching '
+        'registry entry; keep a different one only if you fine-tune with it and chat with it too')]
+
+def _check_markers(t, tokenizer) -> tuple:
+    "2. markers split into pieces: `(findings, {marker: its one token id})`."
+    findings, single = [], {}
+    for m in template_markers(t):
         ids = tokenizer.encode(m, add_special_tokens=False)
         if len(ids) == 1: single[m] = ids[0]
         else: findings.append(Finding('split_special', 'error',
                 f'{m!r} is not one token for this tokenizer: it splits into {len(ids)} pieces {tokenizer.convert_ids_to_tokens(ids)}',
                 f"add it as a special token (tokenizer.add_special_tokens({{'additional_special_tokens': [{m!r}]}}) and "
                 'model.resize_token_embeddings(len(tokenizer))) and train its embedding, or use the template the model was trained with'))
-    # 3. the end of an answer never stops generation
+    return findings, single
+
+def _check_stop(t, tokenizer, model, single: dict) -> list:
+    "3. the end of an answer never stops generation."
     eot, eos = t.end_of_turn, tokenizer.eos_token
-    if eot and eot != eos and eot not in t.stop_words:
-        gen_eos = getattr(getattr(model, 'generation_config', None), 'eos_token_id', None)
-        gen_eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
-        if single.get(eot) is None or single[eot] not in gen_eos:
-            findings.append(Finding('end_of_turn_not_stop', 'error',
-                f'answers end with {eot!r}, but generation stops only at the EOS {eos!r} and the stop words {t.stop_words}: '
-                'the model says it is done and keeps generating',
-                f"add {eot!r} to the template's stop words (XTuner: STOP_WORDS, or `xtuner chat --stop-words`), or pass "
-                f'eos_token_id=stop_token_ids(template, tokenizer) to generate'))
-    # 4. untrained embedding rows for the markers
-    if model is not None and single:
-        for i, why in _embedding_outliers(model, sorted(set(single.values()))).items():
-            m = next(k for k, v in single.items() if v == i)
-            findings.append(Finding('untrained_embedding', 'error', f'the embedding of {m!r} (id {i}) looks untrained: {why}',
-                "this model never saw this marker (a base model, or tokens added for the template): train the embedding and LM-head rows "
-                "(LoRA: modules_to_save=['embed_tokens', 'lm_head']), or use XTuner's `default` template, whose markers are plain text"))
-    # 5. BOS twice
+    if not eot or eot == eos or eot in t.stop_words: return []
+    gen_eos = getattr(getattr(model, 'generation_config', None), 'eos_token_id', None)
+    gen_eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
+    if single.get(eot) is not None and single[eot] in gen_eos: return []
+    return [Finding('end_of_turn_not_stop', 'error',
+        f'answers end with {eot!r}, but generation stops only at the EOS {eos!r} and the stop words {t.stop_words}: '
+        'the model says it is done and keeps generating',
+        f"add {eot!r} to the template's stop words (XTuner: STOP_WORDS, or `xtuner chat --stop-words`), or pass "
+        f'eos_token_id=stop_token_ids(template, tokenizer) to generate')]
+
+def _check_embeddings(model, single: dict) -> list:
+    "4. untrained embedding rows for the markers."
+    out = []
+    for i, why in _embedding_outliers(model, sorted(set(single.values()))).items():
+        m = next(k for k, v in single.items() if v == i)
+        out.append(Finding('untrained_embedding', 'error', f'the embedding of {m!r} (id {i}) looks untrained: {why}',
+            "this model never saw this marker (a base model, or tokens added for the template): train the embedding and LM-head rows "
+            "(LoRA: modules_to_save=['embed_tokens', 'lm_head']), or use XTuner's `default` template, whose markers are plain text"))
+    return out
+
+def _check_bos(t, tokenizer) -> list:
+    "5. BOS twice."
     bos = tokenizer.bos_token_id
-    if bos is not None:
-        ids = tokenizer(_probe_render(t)[0])['input_ids']
-        if len(ids) > 1 and ids[0] == ids[1] == bos:
-            findings.append(Finding('double_bos', 'error',
-                f'the rendered text starts with BOS {tokenizer.bos_token!r} and the tokenizer adds another: the model sees it twice',
-                'tokenize rendered text with add_special_tokens=False (apply_chat_template(tokenize=True) already does), '
-                'or drop BOS from the template'))
-    return findings
+    if bos is None: return []
+    ids = tokenizer(_probe_render(t)[0])['input_ids']
+    if not (len(ids) > 1 and ids[0] == ids[1] == bos): return []
+    return [Finding('double_bos', 'error',
+        f'the rendered text starts with BOS {tokenizer.bos_token!r} and the tokenizer adds another: the model sees it twice',
+        'tokenize rendered text with add_special_tokens=False (apply_chat_template(tokenize=True) already does), '
+        'or drop BOS from the template')]
+
+def check_template(tokenizer, template=None, model=None) -> list:
+    "Diagnose `template` (registry name, `Template`, or None: the tokenizer's own) against `tokenizer` (and `model`): a list of `Finding`s."
+    t = Template.from_tokenizer(tokenizer) if template is None else get_template(template)
+    findings = _check_layout(t, tokenizer) if template is not None and getattr(tokenizer, 'chat_template', None) else []
+    split, single = _check_markers(t, tokenizer)
+    findings += split + _check_stop(t, tokenizer, model, single)
+    if model is not None and single: findings += _check_embeddings(model, single)
+    return findings + _check_bos(t, tokenizer)

@@ -252,69 +252,79 @@ def train_data_parallel(impl='single', steps=30, global_batch=8, lr=1e-2, seed=0
     try: return _train(impl, steps, global_batch, lr, seed, model, grad_clip, reduce_scatter, zero_options, device)
     finally: torch.set_num_threads(prev)
 
-def _train(impl, steps, global_batch, lr, seed, model, grad_clip, reduce_scatter, zero_options, device='cpu'):
+def _init_ranks(impl: str, device: str) -> tuple:
+    "`(device, world, rank)`: this rank's device (one GPU per rank under NCCL, else the CPU under gloo), process group started if needed."
     import torch.distributed as dist
-    distributed = impl != 'single'
     if device not in ('cpu', 'cuda'): raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if device == 'cuda':                            # one GPU per rank, NCCL between them
-        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))); torch.cuda.set_device(device)
+    if device == 'cuda': device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))); torch.cuda.set_device(device)
     else: device = torch.device('cpu')
-    backend = 'nccl' if device.type == 'cuda' else 'gloo'
-    if distributed and not dist.is_initialized():
+    if impl == 'single': return device, 1, 0
+    if not dist.is_initialized():
+        backend = 'nccl' if device.type == 'cuda' else 'gloo'
         if impl == 'deepspeed':
             import deepspeed
             deepspeed.init_distributed(dist_backend=backend)
         else: dist.init_process_group(backend)
-    world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+    return device, dist.get_world_size(), dist.get_rank()
+
+def _make_optimizer(impl, net, lr, grad_clip, reduce_scatter, zero_options, micro, world, global_batch, counter, device) -> tuple:
+    "`(runner, optimizer, engine)` of one implementation: what the forward goes through, what steps, and DeepSpeed's engine (or None)."
+    adamw = lambda: torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
+    if impl == 'single': return net, adamw(), None
+    if impl == 'ddp':
+        return torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None), adamw(), None
+    if impl == 'zero2':
+        return net, Zero2AdamW(net.parameters(), lr=lr, weight_decay=0.01, max_grad_norm=grad_clip, reduce_scatter=reduce_scatter,
+                               counter=counter), None
+    import deepspeed
+    cfg = deepspeed_config(micro, world, grad_clip=grad_clip or 0.0, global_batch=global_batch)
+    cfg['zero_optimization'].update(zero_options or {})
+    engine, opt, _, _ = deepspeed.initialize(model=net, config=cfg, optimizer=adamw())
+    return engine, opt, engine
+
+def _data_parallel_step(impl, runner, opt, engine, ids, grad_clip, counter, numel, world) -> float:
+    "One step of this rank on its slice `ids` of the global batch: forward, backward (gradients averaged over ranks), update."
+    loss, _ = runner(ids, labels=ids)
+    if engine is not None: engine.backward(loss); engine.step()          # DeepSpeed: reduce-scatter, clip, step inside
+    else:
+        loss.backward()                                                  # DDP all-reduces here; Zero2AdamW reduce-scatters in step()
+        if impl == 'ddp': counter.add('all_reduce', numel * 4, world)    # DDP's bucketed all-reduce of every gradient
+        if grad_clip and impl != 'zero2': torch.nn.utils.clip_grad_norm_(runner.parameters(), grad_clip)
+        opt.step(); opt.zero_grad()
+    return loss.item()
+
+def _state_bytes(impl, opt) -> dict:
+    "Bytes of optimizer state this rank holds: AdamW's moments (and, partitioned, the fp32 master copy)."
+    if impl == 'zero2': return opt.state_bytes()
+    if impl == 'deepspeed':
+        inner = opt.optimizer                        # DeepSpeed's ZeRO optimizer wraps our AdamW over its flat partition
+        return {'moments': _moment_bytes(inner), 'master': sum(p.numel() * p.element_size() for g in inner.param_groups for p in g['params'])}
+    return {'moments': _moment_bytes(opt)}
+
+def _train(impl, steps, global_batch, lr, seed, model, grad_clip, reduce_scatter, zero_options, device='cpu'):
+    import torch.distributed as dist
+    device, world, rank = _init_ranks(impl, device)
     if global_batch % world: raise ValueError(f"global batch {global_batch} does not split over {world} ranks "
                                               f"(micro-batch x world size must equal the global batch)")
     micro = global_batch // world
     net = make_model(model, seed).to(device)
     numel = sum(p.numel() for p in set(net.parameters()))
     data = make_batches(steps, global_batch, seed=seed).to(device)
-    counter, engine = CommCounter(), None
-    if impl in ('single', 'ddp'):
-        runner = net if impl == 'single' else torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None)
-        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
-    elif impl == 'zero2':
-        runner, opt = net, Zero2AdamW(net.parameters(), lr=lr, weight_decay=0.01, max_grad_norm=grad_clip,
-                                      reduce_scatter=reduce_scatter, counter=counter)
-    else:
-        import deepspeed
-        cfg = deepspeed_config(micro, world, grad_clip=grad_clip or 0.0, global_batch=global_batch)
-        cfg['zero_optimization'].update(zero_options or {})
-        engine, opt, _, _ = deepspeed.initialize(model=net, config=cfg,
-                                                 optimizer=torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01))
-        runner = engine
+    counter = CommCounter()
+    runner, opt, engine = _make_optimizer(impl, net, lr, grad_clip, reduce_scatter, zero_options, micro, world, global_batch, counter, device)
     losses, sent0, t0 = [], proc_bytes_sent(), time.time()
     for step in range(steps):                         # nothing is printed in here: wchar must only see the collectives
         ids = data[step, rank * micro:(rank + 1) * micro]
-        loss, _ = runner(ids, labels=ids)
-        if engine is not None: engine.backward(loss); engine.step()
-        else:
-            loss.backward()
-            if impl == 'ddp':
-                counter.add('all_reduce', numel * 4, world)                   # DDP's bucketed all-reduce of every gradient
-            if grad_clip and impl != 'zero2': torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-            opt.step(); opt.zero_grad()
-        losses.append(loss.item())
+        losses.append(_data_parallel_step(impl, runner, opt, engine, ids, grad_clip, counter, numel, world))
     seconds, sent1 = time.time() - t0, proc_bytes_sent()
     res = {'impl': impl, 'world_size': world, 'rank': rank, 'numel': numel, 'steps': steps, 'seconds': round(seconds, 3),
            'counted_bytes': counter.total, 'counted': counter.sent,
-           'measured_bytes': None if sent0 is None or not distributed else sent1 - sent0}
-    if impl == 'zero2': res['state_bytes'] = opt.state_bytes()
-    elif impl == 'deepspeed':
-        inner = opt.optimizer                        # DeepSpeed's ZeRO optimizer wraps our AdamW over its flat partition
-        res['state_bytes'] = {'moments': _moment_bytes(inner),
-                              'master': sum(p.numel() * p.element_size() for g in inner.param_groups for p in g['params'])}
-    else: res['state_bytes'] = {'moments': _moment_bytes(opt)}
-    if distributed:                                  # global loss = mean of the ranks' losses (equal token counts per rank)
-        t = torch.tensor(losses, device=device); dist.all_reduce(t); res['losses'] = (t / world).tolist()
-        per_rank = [None] * world
-        dist.all_gather_object(per_rank, {k: res[k] for k in ('state_bytes', 'measured_bytes', 'counted_bytes')})
-        res['per_rank'] = per_rank
-    else: res['losses'] = losses
-    return res
+           'measured_bytes': None if sent0 is None or impl == 'single' else sent1 - sent0, 'state_bytes': _state_bytes(impl, opt)}
+    if impl == 'single': return {**res, 'losses': losses}
+    t = torch.tensor(losses, device=device); dist.all_reduce(t); res['losses'] = (t / world).tolist()   # global loss = mean of the ranks'
+    per_rank = [None] * world
+    dist.all_gather_object(per_rank, {k: res[k] for k in ('state_bytes', 'measured_bytes', 'counted_bytes')})
+    return {**res, 'per_rank': per_rank}
 
 def rank_main(argv=None):
     "One rank's command line: `python -c 'from learnft.zero import rank_main; rank_main()' --impl zero2 ...`; rank 0 prints `RESULT {json}`."

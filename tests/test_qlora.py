@@ -187,14 +187,18 @@ def test_disable_cpu_repack_after_the_fact_restores_autograd(tiny_dir):
     assert all(g1[n].abs().sum() > 0 for n in g1) and rel_err(g0, g1) < 0.1, rel_err(g0, g1)
 
 def test_without_the_helper_gradients_go_wrong(tiny_dir):
-    "Documents the bitsandbytes behaviour the helper guards against (fails, and can be dropped, once bitsandbytes fixes it)."
+    "Documents the bitsandbytes behaviour the helper guards against; the day bitsandbytes fixes it, this passes, saying so (no false red)."
     m, _ = avx512_bnb_qlora(tiny_dir[1])
     b = batch(); g0 = lora_grads(m, b)
     m.eval()
     with torch.no_grad(): m(input_ids=b['input_ids'])             # an eval-loss style pass
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always'); g1 = lora_grads(m, b)
-    assert any('gemv_4bit' in str(x.message) for x in w)
+    repacked = all(getattr(l.weight.quant_state, 'packing_format_for_cpu', False) for l in m.modules() if isinstance(l, bnb.nn.Linear4bit))
+    if rel_err(g0, g1) == 0 and not any('gemv_4bit' in str(x.message) for x in w):
+        pytest.skip(f'bitsandbytes {bnb.__version__} no longer breaks training after an eval pass '
+                    f'(repacked: {repacked}): disable_cpu_repack is a no-op guard now')
+    assert repacked and any('gemv_4bit' in str(x.message) for x in w)   # the known bug, exactly: repack, then the kernel without autograd
     assert rel_err(g0, g1) > 0.5
 
 def test_learnft_layers_have_no_repack_trap(tiny_dir):

@@ -14,7 +14,7 @@ from learnft.tools import (DEFAULT_TOOL_SYSTEM, HERMES_TOOL_TEMPLATE, MOSS_MARKE
                            moss_sample, neutralise, parse_moss, parse_moss_commands, parse_tool_calls, parse_tool_chat,
                            render_moss, render_tool_chat, search, solve, tool_schema)
 
-FAST = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])   # time is bounded per call by CPU time
 
 @pytest.fixture(scope='module')
 def tok(): return load_smollm2_tokenizer()
@@ -27,11 +27,15 @@ def no_exec(monkeypatch):
     for name in ('eval', 'exec'): monkeypatch.setattr(builtins, name, boom)   # (ast.parse itself uses compile, to build a tree only)
     yield
 
+# Bounded work, not a fast machine: the budget is this thread's CPU time (another process's load cannot use it up), and
+# 100x the worst seen -- 1.1 ms over every expression of this file's calculator tests (hypothesis seed 0, 2-core AMD EPYC).
+CALC_CPU_BUDGET = 0.1
+
 def _timed(expr):
-    t = time.perf_counter()
+    t = time.thread_time()
     try: out = calculate(expr); assert isinstance(out, str)
     except ValueError as e: out = e
-    assert time.perf_counter() - t < 0.5, expr[:80]
+    assert time.thread_time() - t < CALC_CPU_BUDGET, expr[:80]
     return out
 
 @FAST
@@ -51,7 +55,7 @@ def test_calculator_refuses_hostile(expr, no_exec):
     assert not Path('/tmp/learnft_pwned').exists()
 
 @given(st.integers(0, 150), st.sampled_from(['(', '-', '+', 'abs(', 'sqrt(']))
-@settings(max_examples=60, deadline=2000)
+@settings(max_examples=60, deadline=None)
 def test_calculator_deep_nesting_is_clean(n, opener):
     closer = ')' if opener.endswith('(') else ''
     out = _timed(opener * n + '4' + closer * n)
@@ -59,7 +63,7 @@ def test_calculator_deep_nesting_is_clean(n, opener):
     assert isinstance(out, ValueError) or abs(float(out) - want) < 1e-9
 
 @given(st.integers(1, 10**6))
-@settings(max_examples=40, deadline=2000)
+@settings(max_examples=40, deadline=None)
 def test_calculator_long_strings_refused(n):
     s = '1+' * n + '1'
     out = _timed(s)
@@ -80,7 +84,7 @@ def test_calculator_agrees_with_python_arithmetic(e):
     assert abs(got - want) <= 1e-9 * max(1.0, abs(want)), (e, got, want)
 
 @given(st.integers(-50, 50), st.integers(-50, 50).filter(bool), st.integers(-50, 50))
-@settings(max_examples=80, deadline=2000)
+@settings(max_examples=80, deadline=None)
 def test_solve_linear_is_exact(x, a, b):
     out = solve(f'{a}*x + {b} = {a * x + b}')
     assert out == f'x = {x}'
@@ -108,10 +112,12 @@ def test_registry_timeout_and_schema():
         Args:
             seconds: How long
         """
-        time.sleep(seconds); return 'done'
+        time.sleep(seconds); done.append(1); return 'done'
+    done = []
     reg = ToolRegistry(slow, timeout=0.2)
-    t = time.perf_counter(); out = reg.call('slow', {'seconds': 3})
-    assert out.startswith('Error:') and 'longer than 0.2s' in out and time.perf_counter() - t < 1.5
+    out = reg.call('slow', {'seconds': 3})
+    # abandoned, not awaited: the call came back while the tool was still asleep (a structural check, no wall-clock bound)
+    assert out.startswith('Error:') and 'longer than 0.2s' in out and not done
     def undocumented(x: int) -> int:
         "No Args section."
         return x

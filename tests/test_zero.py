@@ -41,7 +41,25 @@ def test_zero2_keeps_half_the_optimizer_state(single, zero2):
         assert pr['state_bytes'] == {'moments': 8 * shard, 'master': 4 * shard, 'grad_shard': 4 * shard}
 
 
-@pytest.mark.skipif(proc_bytes_sent() is None, reason='no /proc/self/io to measure bytes sent')
+def _wchar_counts_socket_writes() -> bool:
+    "Does this kernel's /proc/self/io `wchar` count bytes written to a socket with writev (as gloo sends), and little else?"
+    import socket, threading
+    a, b = socket.socketpair(); n, got = 1 << 20, []
+    def read():
+        left = n
+        while left > 0: left -= len(b.recv(min(left, 1 << 16)))
+        got.append(1)
+    t = threading.Thread(target=read, daemon=True); t.start()
+    before, chunk = proc_bytes_sent(), b'x' * (1 << 16)
+    for _ in range(n // len(chunk)): os.writev(a.fileno(), [chunk])
+    t.join(10); after = proc_bytes_sent()
+    a.close(); b.close()
+    return bool(before is not None and got and n <= after - before <= n + 65536)
+
+# The 2 % bound below is the measured agreement on this machine's kernel (gloo writes its messages with writev, so wchar is the
+# bytes on the wire plus a few headers); where wchar does not count socket writes the comparison means nothing: skipped, saying so.
+@pytest.mark.skipif(proc_bytes_sent() is None or not _wchar_counts_socket_writes(),
+                    reason="this kernel's /proc/self/io wchar does not count socket writes exactly: bytes on the wire cannot be measured")
 def test_zero2_sends_what_ddp_sends(single, zero2, ddp):
     assert _maxdiff(ddp, single) < 1e-4
     ring = 2 * (2 - 1) / 2 * 4 * single['numel'] * STEPS                # ring all-reduce of the fp32 gradient, per rank

@@ -96,7 +96,7 @@ def worker_trl(packing, steps, threads, model, seq=None, batch=None):
                          bf16=t['mixed_precision'] == 'bf16',                  # TRL's default is True (autocast): alike too
                          logging_steps=1, save_strategy='no', report_to=[], use_cpu=not cuda, seed=t['seed'], disable_tqdm=True)
         tr = Counting(model=m, args=args, train_dataset=datasets.Dataset.from_list(data), processing_class=tok,
-                      peft_config=LoraConfig(r=lo['r'], lora_alpha=lo['alpha'], lora_dropout=lo['dropout'],
+                      peft_config=LoraConfig(r=lo['r'], lora_alpha=lo['lora_alpha'], lora_dropout=lo['lora_dropout'],
                                              target_modules=lo['target_modules'], task_type='CAUSAL_LM'),
                       callbacks=[Clock()])
         tr.train()

@@ -43,7 +43,7 @@ def run(model_dir: Path, mode: str, nproc: int, deepspeed: bool, a, work: Path) 
     cfg = dict(model=dict(path=str(model_dir)), template='smollm2',
                data=dict(builder='self_cognition', builder_args=dict(repeats=40, general_repeats=20), max_length=a.seq,
                          pack_to_max_length=True),
-               quantization=MODES[mode], lora=dict(r=64, alpha=16, dropout=0.1, target_modules='all-linear'),
+               quantization=MODES[mode], lora=dict(r=64, lora_alpha=16, lora_dropout=0.1, target_modules='all-linear'),
                optim=dict(lr=2e-4), train=dict(batch_size=a.batch, max_steps=a.steps, save_steps=10 ** 6,
                                                 gradient_checkpointing=a.checkpointing),
                eval=dict(prompts=[]))

@@ -22,7 +22,7 @@ def _cmd_log(a):
     from learnft.lab import load_config, build_dataset, resolve_model_path, show_masked
     from transformers import AutoTokenizer
     import tempfile
-    cfg = load_config(a.config)
+    cfg = load_config(a.config, a.cfg_options)
     path = resolve_model_path(cfg['model'], tempfile.mkdtemp(prefix='learnft-'))
     tok = AutoTokenizer.from_pretrained(path)
     rows = build_dataset(cfg, tok)
@@ -40,9 +40,9 @@ def _cmd_train(a):
                '-m', 'learnft.cli', *a.argv]
         print('running:', ' '.join(cmd), file=sys.stderr, flush=True)
         sys.exit(__import__('subprocess').call(cmd))
-    from learnft.lab import train
+    from learnft.lab import train, load_config
     name = Path(a.config).stem
-    train(a.config, a.work_dir or Path('work_dirs')/name, resume=a.resume, max_steps=a.max_steps, deepspeed=a.deepspeed)
+    train(load_config(a.config, a.cfg_options), a.work_dir or Path('work_dirs')/name, resume=a.resume, max_steps=a.max_steps, deepspeed=a.deepspeed)
 
 def _cmd_merge(a):
     from learnft.lab import merge_adapter
@@ -74,6 +74,10 @@ def _cmd_chat(a):
         print(f'[{r["new_tokens"]} tokens, {r["tokens_per_s"]:.1f} tokens/s]', file=sys.stderr)
         history = msgs + [{'role': 'assistant', 'content': r['reply']}]
 
+def _cfg_options(s):
+    s.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                   help="override config keys, XTuner's way: --cfg-options train.max_steps=10 lora.r=8 (values are YAML)")
+
 def build_parser() -> argparse.ArgumentParser:
     "The `learnft` argument parser, one sub-command per step of the workflow."
     p = argparse.ArgumentParser(prog='learnft', description='Fine-tune a chat model the XTuner way: config -> train -> merge -> chat.')
@@ -84,14 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser('log-dataset', help='show the training rows a config produces')
     s.add_argument('config', help='a shipped config name or a .yaml/.json file')
     s.add_argument('--show', choices=['text', 'masked_text', 'input_ids', 'labels'], default='masked_text')
-    s.add_argument('-n', type=int, default=2, help='how many rows (default 2)'); s.set_defaults(fn=_cmd_log)
+    s.add_argument('-n', type=int, default=2, help='how many rows (default 2)'); _cfg_options(s); s.set_defaults(fn=_cmd_log)
     s = sub.add_parser('train', help='train a config (one process, or ZeRO-2 ranks with --deepspeed zero2; QLoRA on CPU works)')
     s.add_argument('config', help='a shipped config name or a .yaml/.json file')
     s.add_argument('--work-dir', help='default: work_dirs/<config name>')
     s.add_argument('--resume', action='store_true', help='continue from the last complete checkpoint in the work dir')
     s.add_argument('--max-steps', type=int, help='override train.max_steps')
     s.add_argument('--deepspeed', choices=['zero2'], help='ZeRO-2 through DeepSpeed: run under torchrun/deepspeed, or set NPROC_PER_NODE=N to have learnft start torchrun')
-    s.set_defaults(fn=_cmd_train)
+    _cfg_options(s); s.set_defaults(fn=_cmd_train)
     s = sub.add_parser('merge', help='merge a LoRA adapter into its base: a plain safetensors model')
     s.add_argument('base', help="base model folder, or 'smollm2'"); s.add_argument('adapter'); s.add_argument('out')
     s.set_defaults(fn=_cmd_merge)

@@ -22,6 +22,23 @@ def trained(tmp_path_factory):
     lab.train(TINY, wd, verbose=False)
     return wd
 
+def test_cfg_options_and_renamed_keys(tmp_path, capsys):
+    "XTuner's --cfg-options: every override through one function, errors naming the option; old key names read with a warning."
+    c = lab.load_config(TINY, ['train.max_steps=2', 'lora.target_modules=[q_proj, v_proj]', 'optim.lr=1e-3', 'deepspeed=null'])
+    assert (c['train']['max_steps'], c['lora']['target_modules'], c['optim']['lr'], c['deepspeed']) == (2, ['q_proj', 'v_proj'], 1e-3, None)
+    for bad, words in [('train.max_step=2', "unknown key 'train.max_step'"), ('train', 'expected section.key=value'),
+                       ('lora.r=eight', "'lora.r': got 'eight'"), ('nope.x=1', "unknown key 'nope'")]:
+        with pytest.raises(lab.ConfigError, match=words.replace('.', r'\.')): lab.load_config(TINY, [bad])
+    with pytest.warns(FutureWarning, match="'lora.alpha' is now 'lora.lora_alpha'"):
+        assert lab.validate_config({**lab.CONFIGS[TINY], 'lora': {'r': 4, 'alpha': 8}})['lora']['lora_alpha'] == 8
+    with pytest.raises(lab.ConfigError, match='same setting'): lab.validate_config({**lab.CONFIGS[TINY], 'lora': {'alpha': 8, 'lora_alpha': 8}})
+    with pytest.warns(FutureWarning): assert lab.load_config(TINY, ['lora.dropout=0'])['lora']['lora_dropout'] == 0
+    with pytest.raises(SystemExit) as e: main(['log-dataset', TINY, '-n', '1', '--show', 'input_ids', '--cfg-options', 'data.max_lenght=32'])
+    assert e.value.code == 2 and "unknown key 'data.max_lenght'" in capsys.readouterr().err
+    main(['log-dataset', TINY, '-n', '1', '--show', 'input_ids', '--cfg-options', 'data.max_length=16', 'data.pack_to_max_length=true'])
+    out = capsys.readouterr().out
+    assert '(16 tokens)' in out, out[:300]
+
 def test_help_and_list(capsys):
     with pytest.raises(SystemExit) as e: main(['--help'])
     out = capsys.readouterr().out
@@ -121,7 +138,7 @@ def test_eval_then_train_still_learns(tmp_path):
 # --- ZeRO-2 through DeepSpeed: 2 ranks on the CPU (gloo) against one process with the same global batch ---
 DS_CFG = dict(model=dict(path='tiny', tiny=dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128)), template='smollm2',
               data=dict(builder='self_cognition', builder_args=dict(repeats=1), max_length=64, pack_to_max_length=True),
-              quantization=dict(bits=4), lora=dict(r=8, alpha=16, dropout=0.0), optim=dict(lr=5e-2, warmup_ratio=0.25),
+              quantization=dict(bits=4), lora=dict(r=8, lora_alpha=16, lora_dropout=0.0), optim=dict(lr=5e-2, warmup_ratio=0.25),
               train=dict(batch_size=1, accumulative_counts=2, max_steps=4, save_steps=2, seed=0, num_threads=1))
 
 def _adapter(wd):
@@ -163,7 +180,7 @@ def test_zero2_resume_same_trajectory(zero2_runs, tmp_path):
     "Kill a 2-rank run after its step-2 checkpoint, resume: the same losses and adapter (LoRA dropout on: each rank's RNG is restored)."
     import yaml
     d, env, _ = zero2_runs
-    cfg = {**DS_CFG, 'lora': {**DS_CFG['lora'], 'dropout': 0.1}, 'train': {**DS_CFG['train'], 'accumulative_counts': 1}}
+    cfg = {**DS_CFG, 'lora': {**DS_CFG['lora'], 'lora_dropout': 0.1}, 'train': {**DS_CFG['train'], 'accumulative_counts': 1}}
     (tmp_path/'drop.yaml').write_text(yaml.safe_dump(cfg))
     run = lambda wd, *extra: subprocess.run([sys.executable, '-m', 'learnft.cli', 'train', str(tmp_path/'drop.yaml'), '--work-dir', str(wd),
                                              '--deepspeed', 'zero2', *extra], capture_output=True, text=True, timeout=600, env=env)

@@ -1,12 +1,13 @@
 """The lab's config variants behind the table in lesson 10's results: train -> merge -> score, one JSON line per variant.
 
-Each argument is a JSON dict of overrides of `smollm2_135m_qlora_self_cognition`, keys `section.key`:
+Each argument is one variant of `smollm2_135m_qlora_self_cognition`: `--cfg-options` overrides (`section.key=value`, values
+YAML, several separated by spaces), applied by `learnft.lab.apply_cfg_options` as `learnft train --cfg-options` does:
 
-    HF_HUB_OFFLINE=1 python tools/lab_variants.py '{"optim.lr": 0.0003}' '{"lora.target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "train.max_steps": 90}'
+    HF_HUB_OFFLINE=1 python tools/lab_variants.py 'optim.lr=3e-4' 'lora.target_modules=[q_proj,k_proj,v_proj,o_proj] train.max_steps=90'
 
 The base model's scores are computed once and cached in $LAB_VARIANTS_DIR (default /tmp/learnft-lab-variants); NT sets torch's threads.
 """
-import json, sys, time, copy, os, torch
+import json, sys, time, os, shlex, torch
 os.environ['HF_HUB_OFFLINE']='1'
 from pathlib import Path
 from learnft import lab
@@ -22,11 +23,8 @@ if not bp.exists():
 before = json.loads(bp.read_text())['before']
 print('before identity', before['identity'], 'general', before['general_correct'])
 for name in sys.argv[1:]:
-    v = json.loads(name)
-    cfg = copy.deepcopy(lab.CONFIGS['smollm2_135m_qlora_self_cognition'])
-    for k, val in v.items():
-        sec, key = k.split('.'); cfg[sec][key] = val
-    cfg['eval']['prompts'] = []
+    v = shlex.split(name)
+    cfg = lab.load_config('smollm2_135m_qlora_self_cognition', v + ['eval.prompts=[]'])
     wd = out/('run-' + str(abs(hash(name)) % 10**6))
     import shutil; shutil.rmtree(wd, ignore_errors=True)
     t0 = time.time()

@@ -211,43 +211,48 @@ def test_deepspeed_bad_values(tmp_path):
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "NPROC_PER_NODE: got 'two'" in r.stderr
 
-def test_loop_equals_transformers_trainer(tmp_path):
-    "Our loop against transformers' Trainer on the same QLoRA model, rows, order, AdamW, warm-up + cosine and clipping: same losses, same adapter."
-    from transformers import Trainer, TrainingArguments, TrainerCallback
+TRAINER_CFG = {**DS_CFG, 'train': {**DS_CFG['train'], 'batch_size': 2, 'accumulative_counts': 1, 'max_steps': 5}}
+
+def trainer_run(work_dir, threads: int):
+    """transformers' Trainer on what our loop trained in `work_dir/ours` (TRAINER_CFG): the same base weights quantized the same way,
+    the same LoRA initialisation, rows, order, AdamW, warm-up + cosine and clipping, at `threads` threads. `(losses, adapter)`."""
+    from transformers import Trainer, TrainingArguments
     from peft import get_peft_model_state_dict
-    cfg = {**DS_CFG, 'train': {**DS_CFG['train'], 'batch_size': 2, 'accumulative_counts': 1, 'max_steps': 5}}
-    c = lab.validate_config(cfg)
-    lab.train(cfg, tmp_path/'ours', verbose=False)
-    model, tok = lab.load_model(tmp_path/'ours'/'base', bits=4)          # the same base weights, quantized the same way
+    c = lab.validate_config(TRAINER_CFG)
+    model, tok = lab.load_model(Path(work_dir)/'ours'/'base', bits=4)
     rows = lab.build_dataset(c, tok, verbose=False)
-    torch.manual_seed(c['train']['seed']); model = lab.add_lora(model, c['lora'])   # the same LoRA initialisation
+    torch.manual_seed(c['train']['seed']); model = lab.add_lora(model, c['lora'])
     steps, bs = c['train']['max_steps'], c['train']['batch_size']
     batches = [lab.collate([rows[i] for i in lab.batch_indices(len(rows), s, bs, 1, c['train']['seed'])[0]], tok.eos_token_id)
-               for s in range(steps)]                                        # the same rows in the same order
+               for s in range(steps)]
+    seen = []
     class FixedOrder(Trainer):
-        seen = []
         def get_train_dataloader(self): return torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch); self.seen.append(loss.item()); return loss
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch); seen.append(loss.item()); return loss
     o = c['optim']
-    args = TrainingArguments(output_dir=str(tmp_path/'hf'), per_device_train_batch_size=bs, gradient_accumulation_steps=1, max_steps=steps,
+    args = TrainingArguments(output_dir=str(Path(work_dir)/'hf'), per_device_train_batch_size=bs, gradient_accumulation_steps=1, max_steps=steps,
                              learning_rate=o['lr'], lr_scheduler_type=o['scheduler'], warmup_steps=int(o['warmup_ratio'] * steps),
                              weight_decay=o['weight_decay'], adam_beta1=o['betas'][0], adam_beta2=o['betas'][1], max_grad_norm=o['max_norm'],
                              optim='adamw_torch', logging_steps=1, save_strategy='no', report_to=[], use_cpu=True, seed=0,
                              remove_unused_columns=False, disable_tqdm=True)
-    tr = FixedOrder(model=model, args=args, train_dataset=rows)
+    before = torch.get_num_threads(); torch.set_num_threads(threads)
+    try: FixedOrder(model=model, args=args, train_dataset=rows).train()
+    finally: torch.set_num_threads(before)
+    return seen, get_peft_model_state_dict(model)
+
+def test_loop_equals_transformers_trainer(tmp_path):
+    "Our loop against transformers' Trainer on the same QLoRA model, rows, order, AdamW, warm-up + cosine and clipping: same losses, same adapter."
+    lab.train(TRAINER_CFG, tmp_path/'ours', verbose=False)
     # Like for like includes the thread count: our loop ran with train.num_threads, and a CPU matmul's reduction order depends on
     # the number of threads. Measured by `python tools/loop_vs_trainer_spread.py 1,2,16` (max |adapter difference|): equal
     # thread counts give 0.0 on an AVX2 CPU (1 and 2 threads) and on an AVX512-BF16/AMX Xeon (1 thread); Trainer at 2 / 16 threads
     # against our 1 gave 1.3e-5 / 5.7e-5 on the Xeon (its AVX512 GEMMs split the reduction by thread), 0.0 on the AVX2 CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(c['train']['num_threads'])
-    try: tr.train()
-    finally: torch.set_num_threads(threads)
-    assert len(tr.seen) == steps
-    assert tr.seen == pytest.approx(_losses(tmp_path/'ours'), rel=1e-6)        # the log rounds losses to 6 decimals (4e-8 measured)
-    assert max(tr.seen) - min(tr.seen) > 1e-2                                 # the model moved: equal trajectories mean something
-    theirs, ours = get_peft_model_state_dict(model), _adapter(tmp_path/'ours')
+    seen, theirs = trainer_run(tmp_path, TRAINER_CFG['train']['num_threads'])
+    assert len(seen) == TRAINER_CFG['train']['max_steps']
+    assert seen == pytest.approx(_losses(tmp_path/'ours'), rel=1e-6)          # the log rounds losses to 6 decimals (4e-8 measured)
+    assert max(seen) - min(seen) > 1e-2                                       # the model moved: equal trajectories mean something
+    ours = _adapter(tmp_path/'ours')
     assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in ours)   # bit for bit (see above)
 
 # --- data.use_varlen_attn and train.mixed_precision ---

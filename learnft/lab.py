@@ -25,6 +25,7 @@ from .packing import pack_dataset, collate_packed, collate_padded, collate_varle
 from .templates import get_template, stop_token_ids, check_template
 from .qlora import bnb_cpu_dequant_warnings, disable_cpu_repack
 from .tools import tool_use_rows
+from .models import atomic_dir
 
 # %% ../nbs/10_lab_qlora.ipynb #030c832f
 ANY_STR, ANY_INT, ANY_FLOAT, ANY_BOOL, ANY_LIST, ANY_DICT = 'str', 'int', 'float', 'bool', 'list', 'dict'
@@ -376,8 +377,7 @@ def resolve_model_path(cfg_model: dict, work_dir=None) -> Path:
         out = Path(work_dir or '.')/'base'
         if not (out/'config.json').exists():
             model, tok = tiny_smollm2(**cfg_model.get('tiny', {}))
-            tmp = out.with_name('.base-tmp'); shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp); tok.save_pretrained(tmp); os.replace(tmp, out)
+            with atomic_dir(out) as tmp: model.save_pretrained(tmp); tok.save_pretrained(tmp)
         return out
     p = Path(path).expanduser()
     if not (p/'config.json').exists(): raise ConfigError(f"config key 'model.path': {p} is not a model folder (no config.json); "
@@ -670,8 +670,7 @@ def _finish(summary: dict, secs: float, tokens: int, model, tok, cfg, device, en
     "Rank 0 saves the adapter (atomically), the loss curve and the final eval answers; the run's summary with speed and peak memory."
     work_dir = Path(summary['work_dir']); adapter = work_dir/'adapter'
     if main:
-        tmp = work_dir/'.tmp-adapter'; shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp); shutil.rmtree(adapter, ignore_errors=True); os.replace(tmp, adapter)
+        with atomic_dir(adapter) as tmp: model.save_pretrained(tmp)
         if read_log(work_dir): plot_loss(work_dir/'loss_log.jsonl', work_dir/'loss_curve.png')
         if cfg['eval']['prompts']: run_eval_prompts(model, tok, cfg, work_dir, summary['steps'])
     _barrier()
@@ -756,11 +755,8 @@ def merge_adapter(base, adapter, out_dir) -> Path:
     "Merge LoRA `adapter` into the fp32 `base` ('smollm2' or a folder) and save a plain safetensors model to `out_dir` (atomically)."
     model, tok = load_for_chat(base, adapter, bits=32)
     model = model.merge_and_unload()
-    out_dir = Path(out_dir); tmp = out_dir.with_name('.tmp-' + out_dir.name)
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True); tok.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True); os.replace(tmp, out_dir)
-    return out_dir
+    with atomic_dir(out_dir) as tmp: model.save_pretrained(tmp, safe_serialization=True); tok.save_pretrained(tmp)
+    return Path(out_dir)
 
 # %% ../nbs/10_lab_qlora.ipynb #3062230a
 def lab_scores(model, tok, template='smollm2', name: str=IDENTITY['name'], base_correct=None, max_new_tokens: int=24) -> dict:

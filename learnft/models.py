@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['SMOLLM2_PACKAGE', 'SMOLLM2_GGUF', 'SMOLLM2_INSTALL', 'SMOLLM2_CACHE_NAME', 'DEMO_QUESTIONS', 'cache_dir',
-           'ModelPackageMissing', 'smollm2_gguf_path', 'convert_smollm2', 'smollm2_path', 'load_smollm2_tokenizer',
-           'load_smollm2', 'param_counts', 'chat', 'chat_demo', 'smollm2_config', 'tiny_smollm2']
+           'ModelPackageMissing', 'smollm2_gguf_path', 'atomic_dir', 'convert_smollm2', 'smollm2_path',
+           'load_smollm2_tokenizer', 'load_smollm2', 'param_counts', 'chat', 'chat_demo', 'smollm2_config',
+           'tiny_smollm2']
 
 # %% ../nbs/00_models.ipynb #338f83f2
 import importlib.util, json, os, shutil, sys, time, warnings
@@ -79,13 +80,22 @@ def _check_cache(path: Path, gguf: Path):
         if 'model.embed_tokens.weight' not in set(f.keys()): raise ValueError('model.safetensors lacks the embeddings')
     if not (path/'tokenizer.json').exists(): raise ValueError('tokenizer.json is missing')
 
+@contextmanager
+def atomic_dir(out):
+    "Fill a temporary sibling of folder `out`, then publish it with one rename: readers see the old folder or the whole new one, never half."
+    out = Path(out); tmp = out.with_name(f'.tmp-{out.name}-{os.getpid()}')
+    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    try: yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
+    shutil.rmtree(out, ignore_errors=True)       # a folder cannot be renamed over a non-empty one
+    os.replace(tmp, out)
+
 def convert_smollm2(out: Path, gguf: Path=None) -> Path:
     "Convert the bundled GGUF to a safetensors model folder at `out` (atomic: temp folder, marker, rename)."
     from transformers import AutoModelForCausalLM, AutoTokenizer
     gguf = Path(gguf or smollm2_gguf_path())
     out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f'.tmp-{os.getpid()}')
-    shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.time()
     print(f'learnft: converting {gguf.name} -> {out} (once; ~30 s)', file=sys.stderr)
     with _quiet_hf():
@@ -94,12 +104,10 @@ def convert_smollm2(out: Path, gguf: Path=None) -> Path:
     if getattr(model, 'hf_quantizer', None) is not None: model.hf_quantizer.remove_quantization_config(model)
     if hasattr(model.config, 'quantization_config'): del model.config.quantization_config
     model.config.name_or_path = 'HuggingFaceTB/SmolLM2-135M-Instruct'
-    with _quiet_hf():
+    with atomic_dir(out) as tmp, _quiet_hf():
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-    (tmp/_CACHE_MARKER).write_text(json.dumps({**_gguf_stamp(gguf), 'seconds': round(time.time()-t0, 1)}))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+        (tmp/_CACHE_MARKER).write_text(json.dumps({**_gguf_stamp(gguf), 'seconds': round(time.time()-t0, 1)}))
     print(f'learnft: converted in {time.time()-t0:.0f} s', file=sys.stderr)
     return out
 

@@ -81,3 +81,15 @@ def test_import_learnft_is_lazy_and_exposes_lessons():
     code = 'import sys, learnft; assert "torch" not in sys.modules; import learnft; print(learnft.models.load_smollm2.__name__)'
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert r.returncode == 0 and 'load_smollm2' in r.stdout, r.stderr
+
+
+def test_atomic_dir_publishes_whole_or_not_at_all(tmp_path):
+    "The one way learnft writes a model, adapter or cache folder: the old one stays until the new one is complete."
+    from learnft.models import atomic_dir
+    out = tmp_path/'model'
+    with atomic_dir(out) as t: (t/'weights').write_text('v1')
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as t: (t/'weights').write_text('v2'); raise RuntimeError('interrupted')
+    assert (out/'weights').read_text() == 'v1' and sorted(p.name for p in tmp_path.iterdir()) == ['model']
+    with atomic_dir(out) as t: (t/'other').write_text('v3')
+    assert sorted(p.name for p in out.iterdir()) == ['other']                 # replaced whole, not merged

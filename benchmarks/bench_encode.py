@@ -51,7 +51,7 @@ def main():
     ap.add_argument('--xtuner-python', default='/work/devtools/xtvenv/bin/python')
     ap.add_argument('--n', type=int, default=20000)
     a = ap.parse_args()
-    os.environ.update(HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', HF_DATASETS_OFFLINE='1', TOKENIZERS_PARALLELISM='false')
+    from learnft.models import offline; offline(); os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
     from learnft.models import load_smollm2_tokenizer, smollm2_path
     from learnft.formats import openai_map, template_map, as_xtuner_template
     from learnft.encode import encode, encode_conversations

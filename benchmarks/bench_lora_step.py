@@ -8,7 +8,7 @@ default, so CPU time is the work done).
     .venv/bin/python benchmarks/bench_lora_step.py [--r 8] [--alpha 16] [--targets all-linear] [--batch 2] [--seq 64] [--reps 7] [--threads 1]
 """
 import argparse, copy, os, platform, statistics, time, warnings
-for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'HF_DATASETS_OFFLINE'): os.environ.setdefault(k, '1')
+from learnft.models import offline; offline()      # nothing from a hub
 warnings.filterwarnings('ignore')
 import torch
 import peft

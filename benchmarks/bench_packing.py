@@ -11,7 +11,7 @@ import os, time
 import numpy as np
 
 def main(n=20000, max_length=2048, seed=0):
-    os.environ.update(HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1')
+    from learnft.models import offline; offline()
     import datasets, pyarrow as pa
     from learnft.packing import pack_dataset
     datasets.disable_progress_bars()

@@ -4,9 +4,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
-os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
+from learnft.models import offline
+offline()                # every test: nothing from a model or dataset hub
 
 
 def pytest_addoption(parser):

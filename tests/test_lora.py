@@ -1,6 +1,6 @@
 """learnft.lora: peft parity and adapter round trips on tiny config-built models, property tests, bad input."""
 import copy, json, os
-for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'HF_DATASETS_OFFLINE'): os.environ.setdefault(k, '1')
+
 import pytest, torch
 from torch import nn
 from hypothesis import given, settings, HealthCheck, strategies as st

@@ -1,7 +1,7 @@
 """learnft.qlora: the 4-bit linear layer and QLoRA layers against bitsandbytes `Linear4bit` + peft (outputs, gradients, loss
 trajectory through transformers' BitsAndBytesConfig), the CPU repack trap (train -> eval/generate -> train), bad input, memory."""
 import copy, os, warnings
-for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'HF_DATASETS_OFFLINE'): os.environ.setdefault(k, '1')
+
 import pytest, torch
 from torch import nn
 from learnft.quant import quantize_4bit, dequantize_4bit, same_bits

@@ -1,7 +1,7 @@
 """learnft.quant: bit-exact parity with bitsandbytes' CPU quantize_4bit / dequantize_4bit (hypothesis property tests over
 shapes, block sizes, nf4/fp4, double quantization, dtypes), the 8-bit nested quantizer, packing, memory numbers, bad input."""
 import math, os
-for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'HF_DATASETS_OFFLINE'): os.environ.setdefault(k, '1')
+
 import pytest, torch
 from hypothesis import given, settings, assume, HealthCheck, strategies as st
 from learnft.quant import (VALID_BLOCKSIZES, QUANT_TYPES, QuantState, nf4_codebook, fp4_codebook, int4_codebook, dynamic_map,

@@ -30,8 +30,8 @@ CONFIG = 'smollm2_135m_qlora_self_cognition'
 
 def _cfg(packing, steps, threads, model, seq=None, batch=None):
     import copy, torch
-    from learnft import lab
-    cfg = copy.deepcopy(lab.CONFIGS[CONFIG])
+    from learnft import config, trainer
+    cfg = copy.deepcopy(config.CONFIGS[CONFIG])
     if model == 'tiny': cfg['model'] = dict(path='tiny', tiny=dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128))
     elif model != 'smollm2': cfg['model'] = dict(path=model)            # a model folder (e.g. built by bench_train_gpu.py)
     if torch.cuda.is_available(): cfg['quantization']['compute_dtype'] = 'bfloat16'
@@ -43,16 +43,16 @@ def _cfg(packing, steps, threads, model, seq=None, batch=None):
                         gradient_checkpointing=os.environ.get('BENCH_CHECKPOINTING') == '1',
                         mixed_precision='bf16' if os.environ.get('BENCH_PRECISION') == 'bf16' else None)
     cfg['eval']['prompts'] = []
-    return lab.validate_config(cfg)
+    return config.validate_config(cfg)
 
 
 def worker_ours(packing, steps, threads, model, seq=None, batch=None, varlen=False):
-    from learnft import lab
+    from learnft import config, trainer
     cfg = _cfg(packing, steps, threads, model, seq, batch)
     cfg['data']['use_varlen_attn'] = varlen
     with tempfile.TemporaryDirectory() as d:
-        lab.train(cfg, Path(d)/'run', verbose=False)
-        recs = lab.read_log(Path(d)/'run')[2:]
+        trainer.train(cfg, Path(d)/'run', verbose=False)
+        recs = trainer.read_log(Path(d)/'run')[2:]
     return {'tokens': sum(r['tokens'] for r in recs), 'seconds': sum(r['seconds'] for r in recs), 'steps': len(recs)}
 
 
@@ -61,17 +61,17 @@ def worker_trl(packing, steps, threads, model, seq=None, batch=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, TrainerCallback
     from peft import LoraConfig
     from trl import SFTTrainer, SFTConfig
-    from learnft import lab
+    from learnft import config, trainer
     torch.set_num_threads(threads)
     cfg = _cfg(False, steps, threads, model, seq, batch)   # unpacked rows: TRL packs by itself when asked
     cuda = torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as d:
-        path = lab.resolve_model_path(cfg['model'], d)
+        path = trainer.resolve_model_path(cfg['model'], d)
         tok = AutoTokenizer.from_pretrained(path)
-        data, rows = [], lab.build_dataset(cfg, tok, verbose=False)
+        data, rows = [], trainer.build_dataset(cfg, tok, verbose=False)
         if not packing:   # the very samples learnft's loop draws, in its order (TRL then reads them sequentially, below)
             t = cfg['train']
-            rows = [rows[i] for s in range(steps) for micro in lab.batch_indices(len(rows), s, t['batch_size'], t['accumulative_counts'], t['seed']) for i in micro]
+            rows = [rows[i] for s in range(steps) for micro in trainer.batch_indices(len(rows), s, t['batch_size'], t['accumulative_counts'], t['seed']) for i in micro]
         for r in rows:   # the completion ends at the last trained token (<|im_end|>, SmolLM2's EOS: TRL adds no second one)
             trained = [i for i, l in enumerate(r['labels']) if l != -100]
             data.append({'prompt': tok.decode(r['input_ids'][:trained[0]]), 'completion': tok.decode(r['input_ids'][trained[0]:trained[-1] + 1])})
@@ -106,8 +106,8 @@ def worker_trl(packing, steps, threads, model, seq=None, batch=None):
 
 def run_side(side, packing, steps, threads, model, seq=None, batch=None):
     "Run one side in a fresh interpreter; its result plus its peak RSS."
-    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1',
-           'OMP_NUM_THREADS': str(threads), 'PYTHONWARNINGS': 'ignore'}
+    from learnft.models import offline
+    env = offline({**os.environ, 'OMP_NUM_THREADS': str(threads), 'PYTHONWARNINGS': 'ignore'})
     r = subprocess.run([sys.executable, __file__, '--worker', side, '--packing', str(int(packing)), '--steps', str(steps),
                         '--threads', str(threads), '--model', model] + (['--seq', str(seq)] if seq else []) + (['--batch', str(batch)] if batch else []),
                        capture_output=True, text=True, env=env)

@@ -22,19 +22,19 @@ def main():
     a = ap.parse_args()
     import torch
     sys.path.insert(0, str(Path(__file__).parent)); from bench_train_gpu import build_model
-    from learnft import lab
+    from learnft import config, trainer
     from learnft.packing import collate_packed, collate_varlen, use_varlen_attention
     tok = os.environ.get('LEARNFT_TOKENIZER')
     if tok is None:
         from learnft.models import smollm2_path; tok = str(smollm2_path())
     path = build_model(a.shape, Path(tempfile.mkdtemp())/'m', tok)
-    cfg = copy.deepcopy(lab.CONFIGS['smollm2_135m_qlora_self_cognition'])
+    cfg = copy.deepcopy(config.CONFIGS['smollm2_135m_qlora_self_cognition'])
     cfg['model'] = dict(path=str(path)); cfg['data']['max_length'] = a.seq
     cfg['data']['builder_args'].update(repeats=20, general_repeats=10)
-    cfg = lab.validate_config(cfg)
-    model, tk = lab.load_model(path, 4, 'nf4', True, 'bfloat16', device=torch.device('cuda'))
-    rows = lab.build_dataset(cfg, tk, verbose=False)[:a.batch]
-    model = use_varlen_attention(lab.add_lora(model, cfg['lora'])); model.train()
+    cfg = config.validate_config(cfg)
+    model, tk = trainer.load_model(path, 4, 'nf4', True, 'bfloat16', device=torch.device('cuda'))
+    rows = trainer.build_dataset(cfg, tk, verbose=False)[:a.batch]
+    model = use_varlen_attention(trainer.add_lora(model, cfg['lora'])); model.train()
     cuda = lambda b: {k: v.cuda() if torch.is_tensor(v) else v for k, v in b.items()}
     mask = collate_packed(rows, tk.pad_token_id, mask_dtype=torch.bfloat16); mask.pop('cu_seqlens'); mask = cuda(mask)
     mask32 = {**mask, 'attention_mask': collate_packed(rows, tk.pad_token_id)['attention_mask'].cuda()}   # float32, as before the fix

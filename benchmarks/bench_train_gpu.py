@@ -55,7 +55,7 @@ def run(model_dir: Path, mode: str, nproc: int, deepspeed: bool, a, work: Path) 
     lines = [l for l in r.stdout.splitlines() if l.startswith('{"work_dir"')]
     if r.returncode or not lines: return {'error': (r.stdout[-1500:] + r.stderr[-2500:])}
     summary = json.loads(lines[-1])
-    from learnft.lab import read_log
+    from learnft.trainer import read_log
     recs = read_log(work/name)[2:]
     summary['tok_s'] = sum(x['tokens'] for x in recs) / max(sum(x['seconds'] for x in recs), 1e-9)
     return summary

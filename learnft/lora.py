@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['PEFT_PREFIX', 'ADAPTER_CONFIG', 'ADAPTER_WEIGHTS', 'lora_scaling', 'LoraLinear', 'linear_module_names',
-           'find_lora_targets', 'lora_layers', 'inject_lora', 'trainable_params', 'print_trainable_params',
-           'merge_lora', 'unmerge_lora', 'merge_and_unload', 'lora_state_dict', 'lora_config', 'save_lora_adapter',
-           'read_lora_config', 'load_lora_adapter']
+           'find_lora_targets', 'lora_layers', 'set_module', 'inject_lora', 'trainable_params',
+           'print_trainable_params', 'merge_lora', 'unmerge_lora', 'merge_and_unload', 'lora_state_dict', 'lora_config',
+           'save_lora_adapter', 'read_lora_config', 'check_lora_adapter', 'load_lora_adapter']
 
 # %% ../nbs/05_lora.ipynb #301e6e69
 import json, math, re
@@ -140,7 +140,8 @@ def lora_layers(model: nn.Module) -> dict:
     "`{name: LoraLinear}` for every LoRA layer in `model`."
     return {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
 
-def _set_module(model, name, new):
+def set_module(model, name, new):
+    "Put module `new` at dotted `name` inside `model` (what every LoRA and 4-bit swap does)."
     parent, _, child = name.rpartition('.')
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
@@ -152,7 +153,7 @@ def inject_lora(model: nn.Module, target_modules, r: int, alpha: float, dropout:
                          "stack adapters. Call merge_and_unload(model) first, or load the adapter into a fresh model.")
     targets = find_lora_targets(model, target_modules)
     model.requires_grad_(False)
-    for name in targets: _set_module(model, name, LoraLinear(model.get_submodule(name), r, alpha, dropout, use_rslora))
+    for name in targets: set_module(model, name, LoraLinear(model.get_submodule(name), r, alpha, dropout, use_rslora))
     return model
 
 # %% ../nbs/05_lora.ipynb #13ebd123
@@ -192,7 +193,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     "Merge (unless merged) and put the plain `nn.Linear`s back: the model is a LoRA-free model again (in place)."
     for name, l in lora_layers(model).items() or _all_layers(model, False, 'merge_and_unload').items():
         if not l.merged: l.merge()
-        _set_module(model, name, l.base_layer)
+        set_module(model, name, l.base_layer)
     return model
 
 # %% ../nbs/05_lora.ipynb #25222d98
@@ -253,21 +254,24 @@ def read_lora_config(adapter_dir) -> dict:
             raise NotImplementedError(f"{path}: {k}={v!r} is not supported by learnft.lora (expected {ok!r})")
     return cfg
 
-def load_lora_adapter(model: nn.Module, adapter_dir) -> nn.Module:
-    "Inject LoRA as `adapter_config.json` says and load `adapter_model.safetensors` (peft's or ours) into `model`, in place."
+def check_lora_adapter(model: nn.Module, adapter_dir, cfg: dict=None, strict: bool=True) -> tuple:
+    """Check a saved adapter against `model` before touching it: every targeted module's `lora_A`/`lora_B` present with
+    this model's shapes, and (`strict`) no other tensor; returns `(state dict without '.default.', target names)`."""
     from safetensors.torch import load_file
-    cfg = read_lora_config(adapter_dir)
-    r, alpha, dropout, rslora = cfg['r'], cfg['lora_alpha'], cfg.get('lora_dropout', 0.0), cfg.get('use_rslora', False)
-    _check_lora_args(r, alpha, dropout)
+    if cfg is None:
+        path = Path(adapter_dir)/ADAPTER_CONFIG
+        if not path.exists(): raise FileNotFoundError(f"{adapter_dir} is not a LoRA adapter folder (no {ADAPTER_CONFIG})")
+        cfg = json.loads(path.read_text())
+    r = cfg['r']
     sd = {k.replace('.default.', '.'): v for k, v in load_file(str(Path(adapter_dir)/ADAPTER_WEIGHTS)).items()}
     targets = find_lora_targets(model, cfg['target_modules'])
-    # check everything before touching the model: an adapter for another base fails here, naming the module
     expected = {}
     for n in targets:
         base = model.get_submodule(n)
         expected[f"{PEFT_PREFIX}{n}.lora_A.weight"] = (n, (r, base.in_features))
         expected[f"{PEFT_PREFIX}{n}.lora_B.weight"] = (n, (base.out_features, r))
-    missing, extra = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
+    missing = sorted(set(expected) - set(sd))
+    extra = sorted(k for k in set(sd) - set(expected) if strict or '.lora_A.' in k or '.lora_B.' in k)
     if missing: raise ValueError(f"{adapter_dir}: no tensor {missing[0]!r} ({len(missing)} missing) for the targeted module "
                                  f"{expected[missing[0]][0]}; is this adapter for this model?")
     if extra: raise ValueError(f"{adapter_dir}: tensor {extra[0]!r} ({len(extra)} unexpected) has no LoRA target in this model")
@@ -275,6 +279,14 @@ def load_lora_adapter(model: nn.Module, adapter_dir) -> nn.Module:
         if tuple(sd[k].shape) != shape:
             raise ValueError(f"{adapter_dir}: module {n}: {k.rsplit('.', 2)[-2]} has shape {tuple(sd[k].shape)}, this model needs "
                              f"{shape}; the adapter was trained for another base model")
+    return sd, targets
+
+def load_lora_adapter(model: nn.Module, adapter_dir) -> nn.Module:
+    "Inject LoRA as `adapter_config.json` says and load `adapter_model.safetensors` (peft's or ours) into `model`, in place."
+    cfg = read_lora_config(adapter_dir)
+    r, alpha, dropout, rslora = cfg['r'], cfg['lora_alpha'], cfg.get('lora_dropout', 0.0), cfg.get('use_rslora', False)
+    _check_lora_args(r, alpha, dropout)
+    sd, targets = check_lora_adapter(model, adapter_dir, cfg)   # everything checked before the model is touched
     inject_lora(model, targets, r, alpha, dropout, rslora)
     with torch.no_grad():
         for n, l in lora_layers(model).items():

@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['OPTIMIZER_K', 'XTUNER_ZERO2', 'IMPLS', 'model_states_breakdown', 'model_states_bytes', 'shard_size', 'shard_range',
            'free_port', 'proc_bytes_sent', 'CommCounter', 'reduce_scatter_sum', 'all_gather_flat', 'Zero2AdamW',
-           'TinyLM', 'make_model', 'make_batches', 'deepspeed_config', 'train_data_parallel', 'rank_main', 'launch']
+           'TinyLM', 'make_model', 'make_batches', 'deepspeed_config', 'deepspeed_cpu_setup', 'train_data_parallel',
+           'rank_main', 'launch']
 
 # %% ../nbs/08_zero.ipynb #eb77a89f
 import json, math, os, signal, socket, subprocess, sys, tempfile, time
@@ -107,7 +108,7 @@ def all_gather_flat(out, shard, counter=None):
 # %% ../nbs/08_zero.ipynb #2f5ef717
 class Zero2AdamW:
     "ZeRO-2 over torch.distributed: params replicated; grads reduce-scattered to 1/N shards; AdamW state and fp32 master for this rank's shard only; params all-gathered after the step."
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, max_grad_norm=None,
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, max_norm=None,
                  reduce_scatter='all_to_all', counter=None):
         import torch.distributed as dist
         if not dist.is_initialized(): raise RuntimeError("Zero2AdamW needs torch.distributed.init_process_group(...) first")
@@ -118,7 +119,7 @@ class Zero2AdamW:
         self.numel = sum(p.numel() for p in self.params)
         self.shard = shard_size(self.numel, self.world)
         self.padded = self.shard * self.world
-        self.max_grad_norm, self.how, self.counter = max_grad_norm, reduce_scatter, counter
+        self.max_norm, self.how, self.counter = max_norm, reduce_scatter, counter
         self.device = self.params[0].device                                    # CPU (gloo) or this rank's GPU (NCCL)
         with torch.no_grad(): flat = self._flatten([p.detach() for p in self.params])
         s0 = self.rank * self.shard
@@ -139,11 +140,11 @@ class Zero2AdamW:
         reduce_scatter_sum(self.master.grad, flat, self.counter, self.how)
         self.master.grad.div_(self.world)                                       # the mean over ranks, as DDP
         for p in self.params: p.grad = None                                     # the full gradient is dropped
-        if self.max_grad_norm:
+        if self.max_norm:
             sq = self.master.grad.pow(2).sum()
             dist.all_reduce(sq)
             if self.counter is not None: self.counter.add('all_reduce', sq.element_size(), self.world)
-            self.master.grad.mul_((self.max_grad_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0))
+            self.master.grad.mul_((self.max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0))
         self.optimizer.step()
         full = torch.empty(self.padded, dtype=torch.float32, device=self.device)
         all_gather_flat(full, self.master.detach(), self.counter)
@@ -207,29 +208,29 @@ XTUNER_ZERO2 = {"gradient_accumulation_steps": "auto", "train_micro_batch_size_p
 def _pos_int(name, v):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"`{name}` must be a positive integer, got {v!r}")
 
-def deepspeed_config(micro_batch: int, world_size: int, grad_accum: int=1, global_batch: int=None, stage: int=None,
-                     grad_clip: float=1.0, dtype: str='fp32', base: dict=None) -> dict:
+def deepspeed_config(micro_batch: int, world_size: int, accumulative_counts: int=1, global_batch: int=None, stage: int=None,
+                     max_norm: float=1.0, dtype: str='fp32', base: dict=None) -> dict:
     "A DeepSpeed config from XTuner's `deepspeed_zero2.json` (or `base`) with every 'auto' resolved, as XTuner's runner does."
     import copy
     cfg = copy.deepcopy(XTUNER_ZERO2 if base is None else base)
-    for n, v in [('micro_batch', micro_batch), ('world_size', world_size), ('grad_accum', grad_accum)]: _pos_int(n, v)
-    if global_batch is not None and global_batch != micro_batch * grad_accum * world_size:
-        raise ValueError(f"global batch {global_batch} != micro_batch {micro_batch} x grad_accum {grad_accum} x world_size "
-                         f"{world_size} = {micro_batch * grad_accum * world_size}")
+    for n, v in [('micro_batch', micro_batch), ('world_size', world_size), ('accumulative_counts', accumulative_counts)]: _pos_int(n, v)
+    if global_batch is not None and global_batch != micro_batch * accumulative_counts * world_size:
+        raise ValueError(f"global batch {global_batch} != micro_batch {micro_batch} x accumulative_counts {accumulative_counts} x world_size "
+                         f"{world_size} = {micro_batch * accumulative_counts * world_size}")
     if dtype not in ('fp32', 'fp16', 'bf16'): raise ValueError(f"`dtype` must be 'fp32', 'fp16' or 'bf16', got {dtype!r}")
     zo = cfg.setdefault('zero_optimization', {})
     if stage is not None: zo['stage'] = stage
     if isinstance(zo.get('stage', 0), bool) or zo.get('stage', 0) not in (0, 1, 2, 3):
         raise ValueError(f"zero_optimization.stage must be 0, 1, 2 or 3, got {zo.get('stage')!r}")
-    for k, v in {'train_micro_batch_size_per_gpu': micro_batch, 'gradient_accumulation_steps': grad_accum,
-                 'gradient_clipping': grad_clip or 0.0}.items():
+    for k, v in {'train_micro_batch_size_per_gpu': micro_batch, 'gradient_accumulation_steps': accumulative_counts,
+                 'gradient_clipping': max_norm or 0.0}.items():
         if cfg.get(k, 'auto') == 'auto': cfg[k] = v
     cfg['train_batch_size'] = cfg['train_micro_batch_size_per_gpu'] * cfg['gradient_accumulation_steps'] * world_size
     for key in ('fp16', 'bf16'):
         if cfg.get(key, {}).get('enabled') == 'auto': cfg[key]['enabled'] = dtype == key
     return cfg
 
-def _deepspeed_cpu_setup():
+def deepspeed_cpu_setup():
     "DeepSpeed on CPU without compiling: CPU accelerator (gloo), no shm inference op, extensions cached in learnft's cache."
     from learnft.models import cache_dir
     os.environ.setdefault('DS_ACCELERATOR', 'cpu')
@@ -243,13 +244,13 @@ IMPLS = ('single', 'ddp', 'zero2', 'deepspeed')
 
 def _moment_bytes(opt): return sum(t.numel() * t.element_size() for st in opt.state.values() for t in st.values() if t.dim() > 0)
 
-def train_data_parallel(impl='single', steps=30, global_batch=8, lr=1e-2, seed=0, model='tinylm', grad_clip=1.0,
+def train_data_parallel(impl='single', steps=30, global_batch=8, lr=1e-2, seed=0, model='tinylm', max_norm=1.0,
           reduce_scatter='all_to_all', zero_options=None, threads=1, device='cpu') -> dict:
     "Train `steps` steps (one process, or one rank under torch.distributed taking its slice of each global batch): losses, bytes, time."
     if impl not in IMPLS: raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)    # tiny matmuls: one thread is fastest, and on a busy CPU spinning OpenMP threads cost 40x
-    try: return _train(impl, steps, global_batch, lr, seed, model, grad_clip, reduce_scatter, zero_options, device)
+    try: return _train(impl, steps, global_batch, lr, seed, model, max_norm, reduce_scatter, zero_options, device)
     finally: torch.set_num_threads(prev)
 
 def _init_ranks(impl: str, device: str) -> tuple:
@@ -267,29 +268,29 @@ def _init_ranks(impl: str, device: str) -> tuple:
         else: dist.init_process_group(backend)
     return device, dist.get_world_size(), dist.get_rank()
 
-def _make_optimizer(impl, net, lr, grad_clip, reduce_scatter, zero_options, micro, world, global_batch, counter, device) -> tuple:
+def _make_optimizer(impl, net, lr, max_norm, reduce_scatter, zero_options, micro, world, global_batch, counter, device) -> tuple:
     "`(runner, optimizer, engine)` of one implementation: what the forward goes through, what steps, and DeepSpeed's engine (or None)."
     adamw = lambda: torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
     if impl == 'single': return net, adamw(), None
     if impl == 'ddp':
         return torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None), adamw(), None
     if impl == 'zero2':
-        return net, Zero2AdamW(net.parameters(), lr=lr, weight_decay=0.01, max_grad_norm=grad_clip, reduce_scatter=reduce_scatter,
+        return net, Zero2AdamW(net.parameters(), lr=lr, weight_decay=0.01, max_norm=max_norm, reduce_scatter=reduce_scatter,
                                counter=counter), None
     import deepspeed
-    cfg = deepspeed_config(micro, world, grad_clip=grad_clip or 0.0, global_batch=global_batch)
+    cfg = deepspeed_config(micro, world, max_norm=max_norm or 0.0, global_batch=global_batch)
     cfg['zero_optimization'].update(zero_options or {})
     engine, opt, _, _ = deepspeed.initialize(model=net, config=cfg, optimizer=adamw())
     return engine, opt, engine
 
-def _data_parallel_step(impl, runner, opt, engine, ids, grad_clip, counter, numel, world) -> float:
+def _data_parallel_step(impl, runner, opt, engine, ids, max_norm, counter, numel, world) -> float:
     "One step of this rank on its slice `ids` of the global batch: forward, backward (gradients averaged over ranks), update."
     loss, _ = runner(ids, labels=ids)
     if engine is not None: engine.backward(loss); engine.step()          # DeepSpeed: reduce-scatter, clip, step inside
     else:
         loss.backward()                                                  # DDP all-reduces here; Zero2AdamW reduce-scatters in step()
         if impl == 'ddp': counter.add('all_reduce', numel * 4, world)    # DDP's bucketed all-reduce of every gradient
-        if grad_clip and impl != 'zero2': torch.nn.utils.clip_grad_norm_(runner.parameters(), grad_clip)
+        if max_norm and impl != 'zero2': torch.nn.utils.clip_grad_norm_(runner.parameters(), max_norm)
         opt.step(); opt.zero_grad()
     return loss.item()
 
@@ -301,7 +302,7 @@ def _state_bytes(impl, opt) -> dict:
         return {'moments': _moment_bytes(inner), 'master': sum(p.numel() * p.element_size() for g in inner.param_groups for p in g['params'])}
     return {'moments': _moment_bytes(opt)}
 
-def _train(impl, steps, global_batch, lr, seed, model, grad_clip, reduce_scatter, zero_options, device='cpu'):
+def _train(impl, steps, global_batch, lr, seed, model, max_norm, reduce_scatter, zero_options, device='cpu'):
     import torch.distributed as dist
     device, world, rank = _init_ranks(impl, device)
     if global_batch % world: raise ValueError(f"global batch {global_batch} does not split over {world} ranks "
@@ -311,11 +312,11 @@ def _train(impl, steps, global_batch, lr, seed, model, grad_clip, reduce_scatter
     numel = sum(p.numel() for p in set(net.parameters()))
     data = make_batches(steps, global_batch, seed=seed).to(device)
     counter = CommCounter()
-    runner, opt, engine = _make_optimizer(impl, net, lr, grad_clip, reduce_scatter, zero_options, micro, world, global_batch, counter, device)
+    runner, opt, engine = _make_optimizer(impl, net, lr, max_norm, reduce_scatter, zero_options, micro, world, global_batch, counter, device)
     losses, sent0, t0 = [], proc_bytes_sent(), time.time()
     for step in range(steps):                         # nothing is printed in here: wchar must only see the collectives
         ids = data[step, rank * micro:(rank + 1) * micro]
-        losses.append(_data_parallel_step(impl, runner, opt, engine, ids, grad_clip, counter, numel, world))
+        losses.append(_data_parallel_step(impl, runner, opt, engine, ids, max_norm, counter, numel, world))
     seconds, sent1 = time.time() - t0, proc_bytes_sent()
     res = {'impl': impl, 'world_size': world, 'rank': rank, 'numel': numel, 'steps': steps, 'seconds': round(seconds, 3),
            'counted_bytes': counter.total, 'counted': counter.sent,
@@ -333,13 +334,13 @@ def rank_main(argv=None):
     ap.add_argument('--impl', default='zero2', choices=IMPLS)
     ap.add_argument('--steps', type=int, default=30); ap.add_argument('--global-batch', type=int, default=8)
     ap.add_argument('--lr', type=float, default=1e-2); ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--model', default='tinylm'); ap.add_argument('--grad-clip', type=float, default=1.0)
+    ap.add_argument('--model', default='tinylm'); ap.add_argument('--max-norm', type=float, default=1.0)
     ap.add_argument('--reduce-scatter', default='all_to_all'); ap.add_argument('--out', default=None)
     ap.add_argument('--zero-options', type=json.loads, default=None, help="JSON merged into DeepSpeed's zero_optimization")
     ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='cuda: one GPU per rank, NCCL')
     a = ap.parse_args(argv)
-    if a.impl == 'deepspeed' and a.device == 'cpu': _deepspeed_cpu_setup()
-    res = train_data_parallel(a.impl, a.steps, a.global_batch, a.lr, a.seed, a.model, a.grad_clip, a.reduce_scatter, a.zero_options, device=a.device)
+    if a.impl == 'deepspeed' and a.device == 'cpu': deepspeed_cpu_setup()
+    res = train_data_parallel(a.impl, a.steps, a.global_batch, a.lr, a.seed, a.model, a.max_norm, a.reduce_scatter, a.zero_options, device=a.device)
     if res['rank'] == 0:
         if a.out: Path(a.out).write_text(json.dumps(res))
         print('RESULT ' + json.dumps(res), flush=True)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest, torch
 
-os.environ.update(HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', HF_DATASETS_OFFLINE='1', TOKENIZERS_PARALLELISM='false')
-from learnft import lab
+os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')     # offline: tests/conftest.py
+from learnft import chat, checkpoint, config, formats, qlora, trainer
 from learnft.cli import main
 
 TINY = 'tiny_qlora_self_cognition'
@@ -19,20 +19,20 @@ def run_cli(*args):
 def trained(tmp_path_factory):
     "One uninterrupted tiny run (6 steps, checkpoints at 3 and 6)."
     wd = tmp_path_factory.mktemp('full')
-    lab.train(TINY, wd, verbose=False)
+    trainer.train(TINY, wd, verbose=False)
     return wd
 
 def test_cfg_options_and_renamed_keys(tmp_path, capsys):
     "XTuner's --cfg-options: every override through one function, errors naming the option; old key names read with a warning."
-    c = lab.load_config(TINY, ['train.max_steps=2', 'lora.target_modules=[q_proj, v_proj]', 'optim.lr=1e-3', 'deepspeed=null'])
+    c = config.load_config(TINY, ['train.max_steps=2', 'lora.target_modules=[q_proj, v_proj]', 'optim.lr=1e-3', 'deepspeed=null'])
     assert (c['train']['max_steps'], c['lora']['target_modules'], c['optim']['lr'], c['deepspeed']) == (2, ['q_proj', 'v_proj'], 1e-3, None)
     for bad, words in [('train.max_step=2', "unknown key 'train.max_step'"), ('train', 'expected section.key=value'),
                        ('lora.r=eight', "'lora.r': got 'eight'"), ('nope.x=1', "unknown key 'nope'")]:
-        with pytest.raises(lab.ConfigError, match=words.replace('.', r'\.')): lab.load_config(TINY, [bad])
+        with pytest.raises(config.ConfigError, match=words.replace('.', r'\.')): config.load_config(TINY, [bad])
     with pytest.warns(FutureWarning, match="'lora.alpha' is now 'lora.lora_alpha'"):
-        assert lab.validate_config({**lab.CONFIGS[TINY], 'lora': {'r': 4, 'alpha': 8}})['lora']['lora_alpha'] == 8
-    with pytest.raises(lab.ConfigError, match='same setting'): lab.validate_config({**lab.CONFIGS[TINY], 'lora': {'alpha': 8, 'lora_alpha': 8}})
-    with pytest.warns(FutureWarning): assert lab.load_config(TINY, ['lora.dropout=0'])['lora']['lora_dropout'] == 0
+        assert config.validate_config({**config.CONFIGS[TINY], 'lora': {'r': 4, 'alpha': 8}})['lora']['lora_alpha'] == 8
+    with pytest.raises(config.ConfigError, match='same setting'): config.validate_config({**config.CONFIGS[TINY], 'lora': {'alpha': 8, 'lora_alpha': 8}})
+    with pytest.warns(FutureWarning): assert config.load_config(TINY, ['lora.dropout=0'])['lora']['lora_dropout'] == 0
     with pytest.raises(SystemExit) as e: main(['log-dataset', TINY, '-n', '1', '--show', 'input_ids', '--cfg-options', 'data.max_lenght=32'])
     assert e.value.code == 2 and "unknown key 'data.max_lenght'" in capsys.readouterr().err
     main(['log-dataset', TINY, '-n', '1', '--show', 'input_ids', '--cfg-options', 'data.max_length=16', 'data.pack_to_max_length=true'])
@@ -53,7 +53,7 @@ def test_help_and_list(capsys):
 def test_copy_cfg_roundtrip_and_validation(tmp_path, capsys):
     main(['copy-cfg', TINY, str(tmp_path)])
     p = tmp_path/f'{TINY}.yaml'
-    assert lab.load_config(p) == lab.load_config(TINY)
+    assert config.load_config(p) == config.load_config(TINY)
     p.write_text(p.read_text().replace('quant_type: nf4', 'quant_type: nf3'))
     with pytest.raises(SystemExit): main(['train', str(p), '--work-dir', str(tmp_path/'w')])
     err = capsys.readouterr().err
@@ -69,25 +69,25 @@ def test_log_dataset(capsys):
     assert '-100' in capsys.readouterr().out
 
 def test_bad_data_path(tmp_path):
-    cfg = dict(lab.CONFIGS[TINY], data=dict(path=str(tmp_path/'missing.jsonl'), format='alpaca'))
-    with pytest.raises(lab.DataError, match='data.path'): lab.train(cfg, tmp_path/'w', verbose=False)
+    cfg = dict(config.CONFIGS[TINY], data=dict(path=str(tmp_path/'missing.jsonl'), format='alpaca'))
+    with pytest.raises(formats.DataError, match='data.path'): trainer.train(cfg, tmp_path/'w', verbose=False)
     (tmp_path/'bad.jsonl').write_text('{"instruction": "hi", "input": "", "output": ""}\n')   # every row dropped
     cfg['data']['path'] = str(tmp_path/'bad.jsonl')
-    with pytest.raises(lab.DataError, match='no usable rows'): lab.train(cfg, tmp_path/'w2', verbose=False)
+    with pytest.raises(formats.DataError, match='no usable rows'): trainer.train(cfg, tmp_path/'w2', verbose=False)
 
 def test_train_outputs(trained):
-    log = lab.read_log(trained)
+    log = trainer.read_log(trained)
     assert [r['step'] for r in log] == list(range(1, 7)) and all(r['loss'] > 0 for r in log)
     assert (trained/'loss_curve.png').stat().st_size > 1000 and (trained/'adapter'/'adapter_model.safetensors').exists()
-    assert [p.name for p in lab.checkpoints(trained)] == ['checkpoint-3', 'checkpoint-6']
-    with pytest.raises(FileExistsError): lab.train(TINY, trained, verbose=False)     # never silently overwrite a run
+    assert [p.name for p in checkpoint.checkpoints(trained)] == ['checkpoint-3', 'checkpoint-6']
+    with pytest.raises(FileExistsError): trainer.train(TINY, trained, verbose=False)     # never silently overwrite a run
 
 def test_resume_same_trajectory(trained, tmp_path):
-    lab.train(TINY, tmp_path, verbose=False, stop_at=4)                 # "crash" after step 4 (last checkpoint: 3)
+    trainer.train(TINY, tmp_path, verbose=False, stop_at=4)                 # "crash" after step 4 (last checkpoint: 3)
     (tmp_path/'.tmp-checkpoint-6').mkdir()                              # a half-written save is never taken for a good one
-    assert [p.name for p in lab.checkpoints(tmp_path)] == ['checkpoint-3']
-    lab.train(TINY, tmp_path, resume=True, verbose=False)
-    a, b = lab.read_log(trained), lab.read_log(tmp_path)
+    assert [p.name for p in checkpoint.checkpoints(tmp_path)] == ['checkpoint-3']
+    trainer.train(TINY, tmp_path, resume=True, verbose=False)
+    a, b = trainer.read_log(trained), trainer.read_log(tmp_path)
     assert [r['step'] for r in b] == list(range(1, 7))
     assert max(abs(x['loss'] - y['loss']) for x, y in zip(a, b)) < 1e-5, (a, b)
     from safetensors.torch import load_file
@@ -100,7 +100,7 @@ def test_merge_and_chat(trained, tmp_path, capsys, monkeypatch):
     from transformers import AutoModelForCausalLM
     merged = AutoModelForCausalLM.from_pretrained(out).eval()           # plain transformers, no peft
     assert not any('lora' in n for n, _ in merged.named_parameters())
-    peft_model, tok = lab.load_for_chat(trained/'base', trained/'adapter')
+    peft_model, tok = chat.load_for_chat(trained/'base', trained/'adapter')
     x = tok('Who are you?', return_tensors='pt')['input_ids']
     with torch.no_grad(): assert torch.allclose(merged(x).logits, peft_model(x).logits, atol=1e-4)
     r = run_cli('chat', str(out), '--prompt', 'Who are you?', '--max-new-tokens', '5')
@@ -113,24 +113,24 @@ def test_merge_and_chat(trained, tmp_path, capsys, monkeypatch):
     assert cap.out.count('assistant >>>') == 2 and cap.err.count('tokens/s') == 2, cap
 
 def test_adapter_for_another_base(trained, tmp_path):
-    cfg = dict(lab.CONFIGS[TINY], model=dict(path='tiny', tiny=dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64)))
-    other = lab.resolve_model_path(lab.validate_config(cfg)['model'], tmp_path)
-    with pytest.raises(ValueError, match='another base'): lab.merge_adapter(other, trained/'adapter', tmp_path/'m')
+    cfg = dict(config.CONFIGS[TINY], model=dict(path='tiny', tiny=dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64)))
+    other = trainer.resolve_model_path(config.validate_config(cfg)['model'], tmp_path)
+    with pytest.raises(ValueError, match='another base'): chat.merge_adapter(other, trained/'adapter', tmp_path/'m')
 
 def test_eval_then_train_still_learns(tmp_path):
     "Guard for the bitsandbytes CPU repack trap: generate (no grad, eval) and then train: LoRA weights must still change."
-    cfg = lab.load_config(TINY)
-    model, tok = lab.load_model(lab.resolve_model_path(cfg['model'], tmp_path), bits=4)
-    assert lab.disable_cpu_repack(model) > 0
-    model = lab.add_lora(model, cfg['lora'])
-    lab.generate(model.eval(), tok, 'smollm2', 'Who are you?', max_new_tokens=3)
+    cfg = config.load_config(TINY)
+    model, tok = trainer.load_model(trainer.resolve_model_path(cfg['model'], tmp_path), bits=4)
+    assert qlora.disable_cpu_repack(model) > 0
+    model = trainer.add_lora(model, cfg['lora'])
+    chat.generate(model.eval(), tok, 'smollm2', 'Who are you?', max_new_tokens=3)
     with torch.no_grad(): model(torch.tensor([[1, 2, 3]]))
-    rows = lab.build_dataset(cfg, tok, verbose=False)
+    rows = trainer.build_dataset(cfg, tok, verbose=False)
     model.train()
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(2):
-        loss = model(**lab.collate(rows[:2], tok.eos_token_id)).loss; loss.backward()
+        loss = model(**trainer.collate(rows[:2], tok.eos_token_id)).loss; loss.backward()
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if 'lora_B' in n and p.requires_grad)
         opt.step(); opt.zero_grad()
     assert all(not torch.equal(before[n], p) for n, p in model.named_parameters() if 'lora_A' in n and p.requires_grad)
@@ -145,7 +145,7 @@ def _adapter(wd):
     from safetensors.torch import load_file
     return load_file(str(Path(wd)/'adapter'/'adapter_model.safetensors'))
 
-def _losses(wd): return [r['loss'] for r in lab.read_log(wd)]
+def _losses(wd): return [r['loss'] for r in trainer.read_log(wd)]
 
 @pytest.fixture(scope='module')
 def zero2_runs(tmp_path_factory):
@@ -154,7 +154,7 @@ def zero2_runs(tmp_path_factory):
     d = tmp_path_factory.mktemp('zero2')
     one = {**DS_CFG}; two = {**DS_CFG, 'train': {**DS_CFG['train'], 'accumulative_counts': 1}}
     (d/'one.yaml').write_text(yaml.safe_dump(one)); (d/'two.yaml').write_text(yaml.safe_dump(two))
-    lab.train(d/'one.yaml', d/'one', verbose=False)
+    trainer.train(d/'one.yaml', d/'one', verbose=False)
     env = {**os.environ, 'NPROC_PER_NODE': '2', 'OMP_NUM_THREADS': '1', 'DS_ACCELERATOR': 'cpu'}
     r = subprocess.run([sys.executable, '-m', 'learnft.cli', 'train', str(d/'two.yaml'), '--work-dir', str(d/'two'), '--deepspeed', 'zero2'],
                        capture_output=True, text=True, timeout=600, env=env)
@@ -164,7 +164,7 @@ def zero2_runs(tmp_path_factory):
 def test_zero2_two_ranks_equal_one_process(zero2_runs):
     d, _, r = zero2_runs
     assert 'torch.distributed.run' in r.stderr and 'DeepSpeed ZeRO-2: 2 rank(s) on cpu, global batch 2' in r.stdout
-    one, two = lab.read_log(d/'one'), lab.read_log(d/'two')
+    one, two = trainer.read_log(d/'one'), trainer.read_log(d/'two')
     assert [x['step'] for x in two] == [1, 2, 3, 4] and [x['tokens'] for x in one] == [x['tokens'] for x in two]
     assert [x['lr'] for x in one] == pytest.approx([x['lr'] for x in two])
     assert _losses(d/'one') == pytest.approx(_losses(d/'two'), rel=1e-5)
@@ -193,7 +193,7 @@ def test_zero2_resume_same_trajectory(zero2_runs, tmp_path):
     a, b = _adapter(wd), _adapter(tmp_path/'full')
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     # a ZeRO-2 checkpoint cannot be resumed by a plain one-process run (its optimizer state is in slices): said, not guessed
-    with pytest.raises(ValueError, match='2 rank'): lab.train(tmp_path/'drop.yaml', wd, resume=True, verbose=False)
+    with pytest.raises(ValueError, match='2 rank'): trainer.train(tmp_path/'drop.yaml', wd, resume=True, verbose=False)
 
 def test_zero2_one_process_equals_plain_loop(zero2_runs, tmp_path):
     "Without a launcher `--deepspeed zero2` is a world of one: DeepSpeed's accumulation, clipping and schedule give our loop's numbers."
@@ -205,7 +205,7 @@ def test_zero2_one_process_equals_plain_loop(zero2_runs, tmp_path):
     assert _losses(tmp_path/'ds1') == pytest.approx(_losses(d/'one'), rel=1e-5)
 
 def test_deepspeed_bad_values(tmp_path):
-    with pytest.raises(ValueError, match="allowed: 'zero2'"): lab.train(TINY, tmp_path, deepspeed='zero3', verbose=False)
+    with pytest.raises(ValueError, match="allowed: 'zero2'"): trainer.train(TINY, tmp_path, deepspeed='zero3', verbose=False)
     env = {**os.environ, 'NPROC_PER_NODE': 'two'}
     r = subprocess.run([sys.executable, '-m', 'learnft.cli', 'train', TINY, '--work-dir', str(tmp_path/'x'), '--deepspeed', 'zero2'],
                        capture_output=True, text=True, timeout=120, env=env)
@@ -218,12 +218,12 @@ def trainer_run(work_dir, threads: int):
     the same LoRA initialisation, rows, order, AdamW, warm-up + cosine and clipping, at `threads` threads. `(losses, adapter)`."""
     from transformers import Trainer, TrainingArguments
     from peft import get_peft_model_state_dict
-    c = lab.validate_config(TRAINER_CFG)
-    model, tok = lab.load_model(Path(work_dir)/'ours'/'base', bits=4)
-    rows = lab.build_dataset(c, tok, verbose=False)
-    torch.manual_seed(c['train']['seed']); model = lab.add_lora(model, c['lora'])
+    c = config.validate_config(TRAINER_CFG)
+    model, tok = trainer.load_model(Path(work_dir)/'ours'/'base', bits=4)
+    rows = trainer.build_dataset(c, tok, verbose=False)
+    torch.manual_seed(c['train']['seed']); model = trainer.add_lora(model, c['lora'])
     steps, bs = c['train']['max_steps'], c['train']['batch_size']
-    batches = [lab.collate([rows[i] for i in lab.batch_indices(len(rows), s, bs, 1, c['train']['seed'])[0]], tok.eos_token_id)
+    batches = [trainer.collate([rows[i] for i in trainer.batch_indices(len(rows), s, bs, 1, c['train']['seed'])[0]], tok.eos_token_id)
                for s in range(steps)]
     seen = []
     class FixedOrder(Trainer):
@@ -243,7 +243,7 @@ def trainer_run(work_dir, threads: int):
 
 def test_loop_equals_transformers_trainer(tmp_path):
     "Our loop against transformers' Trainer on the same QLoRA model, rows, order, AdamW, warm-up + cosine and clipping: same losses, same adapter."
-    lab.train(TRAINER_CFG, tmp_path/'ours', verbose=False)
+    trainer.train(TRAINER_CFG, tmp_path/'ours', verbose=False)
     # Like for like includes the thread count: our loop ran with train.num_threads, and a CPU matmul's reduction order depends on
     # the number of threads. Measured by `python tools/loop_vs_trainer_spread.py 1,2,16` (max |adapter difference|): equal
     # thread counts give 0.0 on an AVX2 CPU (1 and 2 threads) and on an AVX512-BF16/AMX Xeon (1 thread); Trainer at 2 / 16 threads
@@ -264,9 +264,9 @@ def test_varlen_attention_trains_like_the_mask(tmp_path, monkeypatch):
     seen, orig = [], packing.varlen_attention
     def spy(*a, **k): seen.append(k.get('cu_seq_lens_q') is not None and a[1].shape[0] == 1); return orig(*a, **k)
     monkeypatch.setattr(packing, 'varlen_attention', spy)
-    lab.train(SHORT, tmp_path/'mask', verbose=False)
+    trainer.train(SHORT, tmp_path/'mask', verbose=False)
     assert not seen                                   # the mask run never calls it
-    lab.train({**SHORT, 'data': {**SHORT['data'], 'use_varlen_attn': True}}, tmp_path/'varlen', verbose=False)
+    trainer.train({**SHORT, 'data': {**SHORT['data'], 'use_varlen_attn': True}}, tmp_path/'varlen', verbose=False)
     assert seen and all(seen)                         # every attention call of the varlen run went through the boundaries
     lm, lv = _losses(tmp_path/'mask'), _losses(tmp_path/'varlen')
     assert len(lm) == 3 and lv == pytest.approx(lm, rel=1e-5), (lm, lv)
@@ -275,35 +275,35 @@ def test_varlen_attention_trains_like_the_mask(tmp_path, monkeypatch):
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
 
 def test_varlen_needs_packing():
-    with pytest.raises(lab.ConfigError, match="data.use_varlen_attn.*pack_to_max_length"):
-        lab.validate_config({**SHORT, 'data': {**SHORT['data'], 'use_varlen_attn': True, 'pack_to_max_length': False}})
+    with pytest.raises(config.ConfigError, match="data.use_varlen_attn.*pack_to_max_length"):
+        config.validate_config({**SHORT, 'data': {**SHORT['data'], 'use_varlen_attn': True, 'pack_to_max_length': False}})
 
 def test_bf16_mixed_precision(tmp_path):
     "train.mixed_precision: bf16 runs the forward under torch.autocast: losses near the fp32 run's but not equal; the adapter stays fp32."
-    lab.train(SHORT, tmp_path/'fp32', verbose=False)
-    lab.train({**SHORT, 'train': {**SHORT['train'], 'mixed_precision': 'bf16'}}, tmp_path/'bf16', verbose=False)
+    trainer.train(SHORT, tmp_path/'fp32', verbose=False)
+    trainer.train({**SHORT, 'train': {**SHORT['train'], 'mixed_precision': 'bf16'}}, tmp_path/'bf16', verbose=False)
     lf, lb = _losses(tmp_path/'fp32'), _losses(tmp_path/'bf16')
     assert lf != lb and lb == pytest.approx(lf, rel=3e-2), (lf, lb)
     assert all(t.dtype == torch.float32 for t in _adapter(tmp_path/'bf16').values())
-    with pytest.raises(lab.ConfigError, match="train.mixed_precision.*'bf16'"):
-        lab.validate_config({**SHORT, 'train': {**SHORT['train'], 'mixed_precision': 'fp16'}})
+    with pytest.raises(config.ConfigError, match="train.mixed_precision.*'bf16'"):
+        config.validate_config({**SHORT, 'train': {**SHORT['train'], 'mixed_precision': 'fp16'}})
 
 def test_mask_in_activation_dtype(tmp_path, monkeypatch):
     "The packed rows' mask is built in the activations' dtype: a float32 mask next to bf16 queries gives NaN losses in CUDA's memory-efficient kernel (CPU kernels hide it, so this checks the dtype itself)."
-    seen, orig = [], lab.collate
+    seen, orig = [], trainer.collate
     def spy(*a, **k): b = orig(*a, **k); seen.append(b['attention_mask'].dtype); return b
-    monkeypatch.setattr(lab, 'collate', spy)
-    lab.train({**SHORT, 'quantization': {'bits': 16}, 'train': {**SHORT['train'], 'max_steps': 1}}, tmp_path/'bf16', verbose=False)
-    lab.train({**SHORT, 'train': {**SHORT['train'], 'max_steps': 1}}, tmp_path/'fp32', verbose=False)
+    monkeypatch.setattr(trainer, 'collate', spy)
+    trainer.train({**SHORT, 'quantization': {'bits': 16}, 'train': {**SHORT['train'], 'max_steps': 1}}, tmp_path/'bf16', verbose=False)
+    trainer.train({**SHORT, 'train': {**SHORT['train'], 'max_steps': 1}}, tmp_path/'fp32', verbose=False)
     assert seen[0] == torch.bfloat16 and seen[-1] == torch.float32, seen
-    m = lab.collate(lab.build_dataset(lab.validate_config(SHORT), lab.load_model(lab.resolve_model_path(SHORT['model'], tmp_path))[1], verbose=False)[:2],
+    m = trainer.collate(trainer.build_dataset(config.validate_config(SHORT), trainer.load_model(trainer.resolve_model_path(SHORT['model'], tmp_path))[1], verbose=False)[:2],
                     0, mask_dtype=torch.bfloat16)['attention_mask']
     assert torch.isfinite(m).all() and m.min() == torch.finfo(torch.bfloat16).min
 
 def test_num_threads_restored(tmp_path):
     "train.num_threads holds for the run only: torch's thread count comes back afterwards (and after a simulated interruption)."
     torch.set_num_threads(2)
-    lab.train({**SHORT, 'train': {**SHORT['train'], 'max_steps': 1, 'num_threads': 1}}, tmp_path/'a', verbose=False)
+    trainer.train({**SHORT, 'train': {**SHORT['train'], 'max_steps': 1, 'num_threads': 1}}, tmp_path/'a', verbose=False)
     assert torch.get_num_threads() == 2
-    lab.train({**SHORT, 'train': {**SHORT['train'], 'max_steps': 3, 'num_threads': 1}}, tmp_path/'b', verbose=False, stop_at=1)
+    trainer.train({**SHORT, 'train': {**SHORT['train'], 'max_steps': 3, 'num_threads': 1}}, tmp_path/'b', verbose=False, stop_at=1)
     assert torch.get_num_threads() == 2

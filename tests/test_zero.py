@@ -1,6 +1,6 @@
 """learnft.zero: multi-process runs (2 and 3 ranks over gloo, DeepSpeed under torchrun) against one process; bad input."""
 import os
-for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'HF_DATASETS_OFFLINE'): os.environ.setdefault(k, '1')
+
 os.environ.setdefault('DS_ACCELERATOR', 'cpu')
 import numpy as np
 import pytest
@@ -99,8 +99,8 @@ def test_bad_input():
     with pytest.raises(ValueError, match='stage'): model_states_bytes(1e9, 8, 5)
     with pytest.raises(ValueError, match='n_d'): model_states_bytes(1e9, 0, 2)
     with pytest.raises(ValueError, match='stage must be 0, 1, 2 or 3'): deepspeed_config(4, 2, stage=7)
-    with pytest.raises(ValueError, match='micro_batch 4 x grad_accum 2 x world_size 2 = 16'):
-        deepspeed_config(4, 2, grad_accum=2, global_batch=8)
+    with pytest.raises(ValueError, match='micro_batch 4 x accumulative_counts 2 x world_size 2 = 16'):
+        deepspeed_config(4, 2, accumulative_counts=2, global_batch=8)
     with pytest.raises(ValueError, match='impl'): train_data_parallel('fsdp')
     with pytest.raises(ValueError, match="'all_to_all', 'native' or 'all_reduce'"):
         from learnft.zero import reduce_scatter_sum

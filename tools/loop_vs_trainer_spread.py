@@ -7,14 +7,14 @@ prints max |adapter difference|, max relative loss difference, and our loop agai
 import json, os, sys, tempfile
 from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]/'tests')]
-for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'HF_DATASETS_OFFLINE'): os.environ.setdefault(k, '1')
+from learnft.models import offline; offline()      # nothing from a hub
 import test_cli as T
-from learnft import lab
+from learnft import trainer
 from learnft.quant import cpu_features
 
 def spread(threads: int, work_dir: Path) -> dict:
-    lab.train(T.TRAINER_CFG, work_dir/'ours', verbose=False)
-    lab.train(T.TRAINER_CFG, work_dir/'again', verbose=False)
+    trainer.train(T.TRAINER_CFG, work_dir/'ours', verbose=False)
+    trainer.train(T.TRAINER_CFG, work_dir/'again', verbose=False)
     ours, again = T._adapter(work_dir/'ours'), T._adapter(work_dir/'again')
     seen, theirs = T.trainer_run(work_dir, threads)
     d = {k: (theirs[k] - ours[k]).abs().max().item() for k in ours}

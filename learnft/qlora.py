@@ -20,7 +20,7 @@ from torch import nn
 
 from .quant import (QuantState, quantize_4bit, dequantize_4bit, quantizable_linears, bits_per_param, same_bits,
                            dequantize_4bit_reference, bnb_avx512_absmax_index, bnb_dequant_suspect)
-from .lora import LoraLinear, lora_scaling, lora_layers, trainable_params
+from .lora import LoraLinear, lora_scaling, lora_layers, trainable_params, set_module
 
 # %% ../nbs/07_qlora.ipynb #2505ea24
 class _Dequant4bitMatmul(torch.autograd.Function):
@@ -129,17 +129,13 @@ class QLoraLinear(LoraLinear):
     weight = property(lambda self: self.base_layer.dequantize())
 
 # %% ../nbs/07_qlora.ipynb #790b4ad9
-def _set_module(model, name, new):
-    parent, _, child = name.rpartition('.')
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
 def quantize_model(model: nn.Module, quant_type: str='nf4', blocksize: int=64, compress_statistics: bool=True,
                    compute_dtype: torch.dtype=None) -> nn.Module:
     "Replace every linear layer but the output head (what `BitsAndBytesConfig` converts) by a `Linear4bit`, in place."
     lins = quantizable_linears(model)
     if not lins: raise ValueError(f'quantize_model: {type(model).__name__} has no nn.Linear to quantize (besides lm_head)')
     for name, lin in lins.items():
-        _set_module(model, name, Linear4bit.from_linear(lin, quant_type, blocksize, compress_statistics, compute_dtype))
+        set_module(model, name, Linear4bit.from_linear(lin, quant_type, blocksize, compress_statistics, compute_dtype))
     return model
 
 def linear4bit_layers(model: nn.Module) -> dict:
@@ -170,7 +166,7 @@ def inject_qlora(model: nn.Module, target_modules, r: int, alpha: float, dropout
         raise ValueError(f'the model already has {len(existing)} LoRA layers (e.g. {next(iter(existing))}); injecting twice would stack adapters')
     targets = find_qlora_targets(model, target_modules)
     model.requires_grad_(False)
-    for n in targets: _set_module(model, n, QLoraLinear(model.get_submodule(n), r, alpha, dropout, use_rslora))
+    for n in targets: set_module(model, n, QLoraLinear(model.get_submodule(n), r, alpha, dropout, use_rslora))
     return model
 
 # %% ../nbs/07_qlora.ipynb #d59334af
@@ -187,8 +183,8 @@ def dequantize_model(model: nn.Module, dtype: torch.dtype=torch.float32) -> nn.M
         new = LoraLinear(to_linear(m.base_layer), m.r, m.alpha, getattr(m.lora_dropout, 'p', 0.0), m.use_rslora)
         with torch.no_grad(): new.lora_A.weight.copy_(m.lora_A.weight); new.lora_B.weight.copy_(m.lora_B.weight)
         new.lora_A.weight.requires_grad_(m.lora_A.weight.requires_grad); new.lora_B.weight.requires_grad_(m.lora_B.weight.requires_grad)
-        _set_module(model, name, new)
-    for name, m in list(linear4bit_layers(model).items()): _set_module(model, name, to_linear(m))
+        set_module(model, name, new)
+    for name, m in list(linear4bit_layers(model).items()): set_module(model, name, to_linear(m))
     return model
 
 # %% ../nbs/07_qlora.ipynb #e419fab2
@@ -378,7 +374,7 @@ def _bnb_quantize_linears(module: nn.Module, device, compute_dtype: torch.dtype)
                               compress_statistics=True, quant_type='nf4', device='meta')
         q.weight = bnb.nn.Params4bit(lin.weight.data, requires_grad=False, compress_statistics=True, quant_type='nf4').to(device)
         if lin.bias is not None: q.bias = nn.Parameter(lin.bias.data, requires_grad=False)
-        _set_module(module, name, q)
+        set_module(module, name, q)
 
 FINETUNE_BUILDS = ('qlora', 'lora', 'full')
 

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 from .templates import DEFAULT_SYSTEMS, Rendered, join_pieces
 from .encode import IGNORE_INDEX, show_masked
+from .packing import collate_padded
 
 # %% ../nbs/09_tool_use.ipynb #10e43a1e
 MAX_EXPRESSION_CHARS = 200      # longer inputs are refused before parsing
@@ -687,13 +688,6 @@ def tool_use_rows(n: int=300, seed: int=0, system: str=LAB_SYSTEM) -> list:
             {'input': f"<tool_response>\n{neutralise(p['answer'])}\n</tool_response>", 'output': f"The answer is {p['answer']}."}]})
     return rows
 
-def _pad(rows, pad_id):
-    n = max(len(r['input_ids']) for r in rows)
-    ids = torch.tensor([r['input_ids'] + [pad_id] * (n - len(r['input_ids'])) for r in rows])
-    labels = torch.tensor([r['labels'] + [IGNORE_INDEX] * (n - len(r['labels'])) for r in rows])
-    mask = torch.tensor([[1] * len(r['input_ids']) + [0] * (n - len(r['input_ids'])) for r in rows])
-    return ids, labels, mask
-
 def train_lora_tool_use(model, rows, steps: int, batch_size: int=4, lr: float=1e-3, r: int=16, alpha: int=32, seed: int=0,
                         log_every: int=10, pad_id: int=2):
     "LoRA-fine-tune `model` (peft, all linear layers) on encoded `rows` for `steps` AdamW steps; returns (peft model, losses)."
@@ -707,7 +701,8 @@ def train_lora_tool_use(model, rows, steps: int, batch_size: int=4, lr: float=1e
     for step in range(steps):
         if len(order) < batch_size: order += rng.sample(range(len(rows)), len(rows))
         batch, order = [rows[i] for i in order[:batch_size]], order[batch_size:]
-        ids, labels, mask = _pad(batch, pad_id)
+        b = collate_padded(batch, pad_id)             # lesson 04's dynamic padding
+        ids, labels, mask = b['input_ids'], b['labels'], b['attention_mask']
         loss = pm(input_ids=ids.to(pm.device), attention_mask=mask.to(pm.device), labels=labels.to(pm.device)).loss
         loss.backward(); torch.nn.utils.clip_grad_norm_(pm.parameters(), 1.0); opt.step(); sched.step(); opt.zero_grad()
         losses.append(loss.item())

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['SMOLLM2_PACKAGE', 'SMOLLM2_GGUF', 'SMOLLM2_INSTALL', 'SMOLLM2_CACHE_NAME', 'OFFLINE_ENV', 'DEMO_QUESTIONS',
-           'cache_dir', 'offline', 'ModelPackageMissing', 'smollm2_gguf_path', 'atomic_dir', 'convert_smollm2',
-           'smollm2_path', 'load_smollm2_tokenizer', 'load_smollm2', 'param_counts', 'chat', 'chat_demo',
-           'smollm2_config', 'tiny_smollm2']
+           'cache_dir', 'display_path', 'offline', 'ModelPackageMissing', 'smollm2_gguf_path', 'atomic_dir',
+           'convert_smollm2', 'smollm2_path', 'load_smollm2_tokenizer', 'load_smollm2', 'param_counts', 'chat',
+           'chat_demo', 'smollm2_config', 'tiny_smollm2']
 
 # %% ../nbs/00_models.ipynb #338f83f2
 import importlib.util, json, os, shutil, sys, time, warnings
@@ -27,6 +27,14 @@ def cache_dir() -> Path:
     if os.environ.get('LEARNFT_CACHE'): return Path(os.environ['LEARNFT_CACHE']).expanduser()
     base = os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache'
     return Path(base).expanduser()/'learnft'
+
+def display_path(p) -> str:
+    "`p` as messages and saved outputs show it: inside the learnft cache as `<learnft cache>/…`, inside the home folder as `~/…`."
+    p = Path(p)
+    for root, shown in ((cache_dir(), '<learnft cache>'), (Path.home(), '~')):
+        try: return f'{shown}/{p.relative_to(root).as_posix()}'
+        except ValueError: pass
+    return str(p)
 
 # Nothing in this course comes from a model or dataset hub: Hugging Face's three offline switches
 OFFLINE_ENV = {'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1'}
@@ -64,6 +72,7 @@ def _quiet_hf():
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
     was = hf_logging.is_progress_bar_enabled(); verbosity = hf_logging.get_verbosity()
     hf_logging.disable_progress_bar(); hf_logging.set_verbosity_error()
+    if not torch.cuda.is_available(): os.environ.setdefault('DS_ACCELERATOR', 'cpu')   # DeepSpeed, if installed and imported, warns it fell back to CPU
     tq = gguf_utils.tqdm  # GGUF dequantization uses a plain tqdm: keep it in terminals, drop it in notebooks and logs
     gguf_utils.tqdm = functools.partial(tq, disable=not sys.stderr.isatty())
     try: yield
@@ -106,7 +115,7 @@ def convert_smollm2(out: Path, gguf: Path=None) -> Path:
     gguf = Path(gguf or smollm2_gguf_path())
     out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    print(f'learnft: converting {gguf.name} -> {out} (once; ~30 s)', file=sys.stderr)
+    print(f'learnft: converting {gguf.name} -> {display_path(out)} (once)', file=sys.stderr)
     with _quiet_hf():
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -129,7 +138,7 @@ def smollm2_path(rebuild: bool=False) -> Path:
             _check_cache(path, gguf)
             return path
         except Exception as e:
-            warnings.warn(f'learnft: the cached model at {path} is unusable ({e}); rebuilding it from the GGUF.')
+            warnings.warn(f'learnft: the cached model at {display_path(path)} is unusable ({e}); rebuilding it from the GGUF.')
     return convert_smollm2(path, gguf)
 
 # %% ../nbs/00_models.ipynb #99d65f4a

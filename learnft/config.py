@@ -176,13 +176,12 @@ def copy_config(name: str, out_dir) -> Path:
         raise ConfigError(f"unknown config {name!r}; shipped configs: {', '.join(list_configs())}")
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir/f'{name}.yaml'
-    text = f'# learnft config {name} (copied by `learnft copy-cfg`); train it with: learnft train {path.name}\n'
-    path.write_text(text + _yaml().safe_dump(validate_config(CONFIGS[name]), sort_keys=False, allow_unicode=True))
-    return path
+    return save_config(validate_config(CONFIGS[name]), path,
+                       header=f'# learnft config {name} (copied by `learnft copy-cfg`); train it with: learnft train {path.name}\n')
 
-def save_config(cfg: dict, path) -> Path:
-    "Write `cfg` to `path` as YAML (keys in order, Unicode kept): what `copy-cfg` and every run's `config.yaml` hold."
-    path = Path(path); path.write_text(_yaml().safe_dump(cfg, sort_keys=False, allow_unicode=True)); return path
+def save_config(cfg: dict, path, header: str='') -> Path:
+    "Write `cfg` to `path` as YAML after `header` (keys in order, Unicode kept): what `copy-cfg` and every run's `config.yaml` hold."
+    path = Path(path); path.write_text(header + _yaml().safe_dump(cfg, sort_keys=False, allow_unicode=True)); return path
 
 def _raw_config(name_or_path) -> dict:
     if isinstance(name_or_path, dict): return name_or_path

@@ -16,14 +16,13 @@ from .trainer import resolve_model_path, load_model, train
 from .chat import generate, merge_adapter
 
 # %% ../nbs/10_lab_qlora.ipynb #eed5027d
-# names that lived here before lesson 10 was split by job: still importable, with a FutureWarning naming the new home
-_MOVED = {'config': ['ANY_STR', 'ANY_INT', 'ANY_FLOAT', 'ANY_BOOL', 'ANY_LIST', 'ANY_DICT', 'CONFIG_SCHEMA', 'RENAMED_KEYS', 'DATA_BUILDERS', 'CONFIGS', 'ConfigError', 'validate_config', 'list_configs', 'copy_config', 'apply_cfg_options'], 'trainer': ['raw_rows', 'build_dataset', 'collate', 'add_lora', 'batch_indices', 'total_steps', 'make_optimizer', 'plot_loss', 'read_log', 'PlainStepper', 'DeepSpeedStepper', 'optimizer_step', 'run_eval_prompts'], 'checkpoint': ['save_checkpoint', 'checkpoints', 'load_checkpoint'], 'chat': ['load_for_chat', 'check_adapter']}
-
 def __getattr__(name):
-    for mod, names in _MOVED.items():
-        if name in names:
+    "Names that lived here before lesson 10 was split by job: still importable, with a FutureWarning naming their module."
+    for mod in ('config', 'trainer', 'checkpoint', 'chat'):
+        m = importlib.import_module(f'learnft.{mod}')
+        if name in m.__all__:
             warnings.warn(f"learnft.lab.{name} is now learnft.{mod}.{name}: import it from there", FutureWarning, stacklevel=2)
-            return getattr(importlib.import_module(f'learnft.{mod}'), name)
+            return getattr(m, name)
     raise AttributeError(f"module 'learnft.lab' has no attribute {name!r}")
 
 # %% ../nbs/10_lab_qlora.ipynb #f88883aa

@@ -4,13 +4,13 @@ A 4-bit weight is read as packed bytes + block constants and written out in bf16
 the number that matters is bytes moved per second, against the card's own copy bandwidth (measured with a plain
 device-to-device copy of the same output size). All sides dequantize the same bitsandbytes-packed tensor (nf4,
 blocksize 64, double quantization); the table gives each one's largest difference from bitsandbytes' output.
-The code is `learnft.qlora.dequant_benchmark` (lesson 07's GPU section runs the same).
+The code is `qlora_gpu.dequant_benchmark` (beside this script; lesson 07's GPU section runs the same).
 
     python benchmarks/bench_dequant_gpu.py [--size 16384] [--iters 50]     # needs CUDA and bitsandbytes
 """
 import argparse
 import torch
-from learnft.qlora import dequant_benchmark, print_dequant_table
+from qlora_gpu import dequant_benchmark, print_dequant_table
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(); ap.add_argument('--size', type=int, default=16384); ap.add_argument('--iters', type=int, default=50)

@@ -7,13 +7,13 @@ paper's defaults), and reports the peak memory the step allocates and the traine
 
 QLoRA: every decoder linear becomes a bitsandbytes nf4 + double-quant `Linear4bit` as soon as its layer is built
 (layer by layer on the GPU), so the bf16 weights of the whole model never exist at once. The code is
-`learnft.qlora.build_llama_for_finetune` + `train_step_memory` (lesson 07's GPU section runs the same).
+`qlora_gpu.build_llama_for_finetune` + `train_step_memory` (beside this script; lesson 07's GPU section runs the same).
 
     python benchmarks/bench_qlora_7b_gpu.py [--layers 32] [--steps 4] [--optimizer AdamW|AdamW8bit|PagedAdamW|PagedAdamW8bit]
 """
 import argparse, gc, time
 import torch
-from learnft.qlora import llama_7b_config, build_llama_for_finetune, train_step_memory
+from qlora_gpu import llama_7b_config, build_llama_for_finetune, train_step_memory
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(); ap.add_argument('--layers', type=int, default=32); ap.add_argument('--steps', type=int, default=4)

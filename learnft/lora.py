@@ -35,16 +35,20 @@ class LoraLinear(nn.Module):
     "A frozen `nn.Linear` plus a trainable rank-`r` update: `base_layer(x) + scaling * lora_B(lora_A(dropout(x)))`."
     def __init__(self, base_layer: nn.Linear, r: int, alpha: float, dropout: float=0.0, use_rslora: bool=False):
         super().__init__()
-        _check_lora_args(r, alpha, dropout)
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"LoraLinear wraps an nn.Linear, got {type(base_layer).__name__}")
+        w = base_layer.weight
+        dtype = torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype  # fp32 adapters on a half base, as peft
+        self._add_adapter(base_layer, r, alpha, dropout, use_rslora, w.device, dtype)
+
+    def _add_adapter(self, base_layer, r, alpha, dropout, use_rslora, device, dtype):
+        "Check the options, freeze `base_layer`, create `lora_A` (Kaiming) and `lora_B` (zeros) beside it; lesson 07's 4-bit layer reuses this."
+        _check_lora_args(r, alpha, dropout)
         self.base_layer = base_layer.requires_grad_(False)
         self.r, self.alpha, self.use_rslora = r, alpha, use_rslora
         self.scaling = lora_scaling(r, alpha, use_rslora)
-        w = base_layer.weight
-        dtype = torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype  # fp32 adapters on a half base, as peft
-        self.lora_A = nn.Linear(base_layer.in_features, r, bias=False, device=w.device, dtype=dtype)
-        self.lora_B = nn.Linear(r, base_layer.out_features, bias=False, device=w.device, dtype=dtype)
+        self.lora_A = nn.Linear(base_layer.in_features, r, bias=False, device=device, dtype=dtype)
+        self.lora_B = nn.Linear(r, base_layer.out_features, bias=False, device=device, dtype=dtype)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.reset_lora_parameters()
@@ -94,45 +98,47 @@ def _module_names(model):
 
 def _is_linear(m): return isinstance(m, (nn.Linear, LoraLinear))
 
-def linear_module_names(model: nn.Module) -> list:
+def linear_module_names(model: nn.Module, is_layer=_is_linear) -> list:
     "Names of every `nn.Linear` in `model` (the candidates for LoRA; a `LoraLinear` counts as its base), in module order."
     mods = dict(model.named_modules())
-    return [n for n in _module_names(model) if _is_linear(mods[n])]
+    return [n for n in _module_names(model) if is_layer(mods[n])]
 
 def _output_embedding_name(model):
     out = model.get_output_embeddings() if hasattr(model, 'get_output_embeddings') else None
     return next((n for n, m in model.named_modules() if out is not None and m is out), None)
 
-def _available(model) -> str:
-    names = linear_module_names(model)
+def _available(model, is_layer=_is_linear, kind='nn.Linear') -> str:
+    names = linear_module_names(model, is_layer)
     leaves = list(dict.fromkeys(n.rsplit('.', 1)[-1] for n in names))
-    return f"the model's linear layers are named {leaves} (e.g. {names[:2]}; {len(names)} in all)"
+    return f"the model's {'linear' if kind == 'nn.Linear' else kind} layers are named {leaves} (e.g. {names[:2]}; {len(names)} in all)"
 
-def find_lora_targets(model: nn.Module, target_modules) -> list:
+def find_lora_targets(model: nn.Module, target_modules, is_layer=_is_linear, kind: str='nn.Linear') -> list:
     """Full names of the modules LoRA would wrap, with peft's rules: `"all-linear"` = every `nn.Linear` but the output
-    layer; another string = a regex that must match the whole name; a list = names equal to, or ending in `.`+, an entry."""
-    linear = linear_module_names(model)
+    layer; another string = a regex that must match the whole name; a list = names equal to, or ending in `.`+, an entry.
+    `is_layer` says which modules can be wrapped (lesson 07 passes "is a `Linear4bit`"), `kind` names them in errors."""
+    linear = linear_module_names(model, is_layer)
+    available = lambda: _available(model, is_layer, kind)
     if target_modules == 'all-linear':
         head = _output_embedding_name(model)
         found = [n for n in linear if n != head]
-        if not found: raise ValueError(f"target_modules='all-linear' found no nn.Linear besides the output layer in {type(model).__name__}")
+        if not found: raise ValueError(f"target_modules='all-linear' found no {kind} besides the output layer in {type(model).__name__}")
         return found
     names = [n for n in _module_names(model) if n]
     if isinstance(target_modules, str):
         found = [n for n in names if re.fullmatch(target_modules, n)]
-        if not found: raise ValueError(f"target_modules regex {target_modules!r} matches no module name; {_available(model)}")
+        if not found: raise ValueError(f"target_modules regex {target_modules!r} matches no module name; {available()}")
     elif isinstance(target_modules, (list, tuple, set)) and target_modules and all(isinstance(t, str) for t in target_modules):
         found = []
         for t in target_modules:
             hits = [n for n in names if n == t or n.endswith('.' + t)]
-            if not hits: raise ValueError(f"target_modules entry {t!r} matches no module; {_available(model)}")
+            if not hits: raise ValueError(f"target_modules entry {t!r} matches no module; {available()}")
             found += hits
         found = [n for n in names if n in set(found)]  # module order, no duplicates
     else:
         raise ValueError(f"target_modules must be 'all-linear', a regex string or a non-empty list of module names, got {target_modules!r}")
     mods = dict(model.named_modules())
-    bad = [f"{n} ({type(mods[n]).__name__})" for n in found if not _is_linear(mods[n])]
-    if bad: raise ValueError(f"target_modules={target_modules!r} selects modules that are not nn.Linear: {bad[:3]}; {_available(model)}")
+    bad = [f"{n} ({type(mods[n]).__name__})" for n in found if not is_layer(mods[n])]
+    if bad: raise ValueError(f"target_modules={target_modules!r} selects modules that are not {kind}: {bad[:3]}; {available()}")
     return found
 
 # %% ../nbs/05_lora.ipynb #27e7bd1a

@@ -111,9 +111,10 @@ def run_side(side, packing, steps, threads, model, seq=None, batch=None):
     r = subprocess.run([sys.executable, __file__, '--worker', side, '--packing', str(int(packing)), '--steps', str(steps),
                         '--threads', str(threads), '--model', model] + (['--seq', str(seq)] if seq else []) + (['--batch', str(batch)] if batch else []),
                        capture_output=True, text=True, env=env)
-    lines = [l for l in r.stdout.splitlines() if l.startswith('RESULT ')]
-    if r.returncode or not lines: raise RuntimeError(f'{side} (packing={packing}) failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}')
-    return json.loads(lines[-1][7:])
+    from learnft.zero import read_result
+    res = read_result(r.stdout)
+    if r.returncode or res is None: raise RuntimeError(f'{side} (packing={packing}) failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}')
+    return res
 
 
 def main():
@@ -135,7 +136,8 @@ def main():
         import torch
         res['peak_rss_mib'] = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
                                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
-        print('RESULT ' + json.dumps(res)); return
+        from learnft.zero import print_result
+        print_result(res); return
     import torch, trl, transformers, peft, bitsandbytes
     if a.shape:
         sys.path.insert(0, str(Path(__file__).parent)); from bench_train_gpu import build_model

@@ -18,7 +18,7 @@ from torch import nn
 
 from .quant import (QuantState, quantize_4bit, dequantize_4bit, quantizable_linears, bits_per_param, same_bits,
                            dequantize_4bit_reference, bnb_avx512_absmax_index, bnb_dequant_suspect)
-from .lora import LoraLinear, find_lora_targets, lora_scaling, lora_layers, trainable_params, set_module
+from .lora import PEFT_PREFIX, LoraLinear, find_lora_targets, lora_scaling, lora_layers, trainable_params, set_module
 
 # %% ../nbs/07_qlora.ipynb #2505ea24
 class _Dequant4bitMatmul(torch.autograd.Function):
@@ -203,7 +203,7 @@ def copy_lora_to_peft(model: nn.Module, peft_model: nn.Module, adapter_name: str
     theirs = dict(peft_model.named_modules())
     layers = lora_layers(model)
     for n, l in layers.items():
-        key = f'base_model.model.{n}'
+        key = PEFT_PREFIX + n
         if key not in theirs: raise ValueError(f'peft model has no LoRA layer {key!r}: targets differ')
         with torch.no_grad():
             for ab in ('lora_A', 'lora_B'): getattr(theirs[key], ab)[adapter_name].weight.copy_(getattr(l, ab).weight)

@@ -6,7 +6,7 @@
 __all__ = ['OPTIMIZER_K', 'XTUNER_ZERO2', 'IMPLS', 'model_states_breakdown', 'model_states_bytes', 'shard_size', 'shard_range',
            'free_port', 'proc_bytes_sent', 'CommCounter', 'reduce_scatter_sum', 'all_gather_flat', 'Zero2AdamW',
            'TinyLM', 'make_model', 'make_batches', 'deepspeed_config', 'deepspeed_cpu_setup', 'train_data_parallel',
-           'rank_main', 'launch']
+           'rank_main', 'print_result', 'read_result', 'launch']
 
 # %% ../nbs/08_zero.ipynb #eb77a89f
 import json, math, os, signal, socket, subprocess, sys, tempfile, time
@@ -343,11 +343,21 @@ def rank_main(argv=None):
     res = train_data_parallel(a.impl, a.steps, a.global_batch, a.lr, a.seed, a.model, a.max_norm, a.reduce_scatter, a.zero_options, device=a.device)
     if res['rank'] == 0:
         if a.out: Path(a.out).write_text(json.dumps(res))
-        print('RESULT ' + json.dumps(res), flush=True)
+        print_result(res)
     import torch.distributed as dist
     if dist.is_initialized(): dist.barrier(); dist.destroy_process_group()
 
 _RUNNER = 'from learnft.zero import rank_main; rank_main()'
+
+def print_result(res: dict):
+    "Print `res` as one `RESULT {json}` line: how a child process (a rank, a benchmark side) hands its result to its parent."
+    print('RESULT ' + json.dumps(res), flush=True)
+
+def read_result(texts) -> dict:
+    "The first `RESULT {json}` line in `texts` (one process's output, or several) as a dict; `None` if there is none."
+    texts = [texts] if isinstance(texts, str) else texts
+    lines = [l for t in texts for l in t.splitlines() if l.startswith('RESULT ')]
+    return json.loads(lines[0][len('RESULT '):]) if lines else None
 
 def launch(nproc=2, impl='zero2', timeout=300, torchrun=False, env=None, **opts) -> dict:
     "Run `main` on `nproc` ranks as subprocesses (env:// variables, or under torchrun); rank 0's result, with every rank's log."
@@ -385,9 +395,8 @@ def launch(nproc=2, impl='zero2', timeout=300, torchrun=False, env=None, **opts)
         texts = []
         for lg in logs: lg.seek(0); texts.append(lg.read()); lg.close()
     log = '\n'.join(f'----- {"torchrun" if torchrun else f"rank {i}"} -----\n{t}' for i, t in enumerate(texts))
-    lines = [l for t in texts for l in t.splitlines() if l.startswith('RESULT ')]
-    if failed or not lines:
+    res = read_result(texts)
+    if failed or res is None:
         raise RuntimeError(f"{nproc}-rank {impl} run failed ({failed or 'no RESULT line'}); command: {' '.join(cmds[0])}\n{log[-6000:]}")
-    res = json.loads(lines[0][len('RESULT '):])
     res['wall_seconds'], res['log'] = round(time.time() - t0, 1), log
     return res

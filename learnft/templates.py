@@ -6,10 +6,11 @@
 __all__ = ['ROLES', 'SPAN_ROLES', 'XTUNER_PROMPT_TEMPLATE', 'XTUNER_DEFAULTS', 'OFFICIAL_FORMATS', 'OFFICIAL_SOURCES',
            'DEFAULT_SYSTEMS', 'TEMPLATES', 'ROLE_COLOURS', 'TemplateError', 'ChatFormat', 'validate_messages', 'Span',
            'Rendered', 'join_pieces', 'Template', 'get_template', 'spans_html', 'SpanView', 'show_spans',
-           'special_strings', 'stop_token_ids', 'chat_with_template', 'Finding', 'template_markers', 'check_template']
+           'special_strings', 'stop_token_ids', 'chat_with_template', 'to_jinja', 'Finding', 'template_markers',
+           'check_template']
 
 # %% ../nbs/01_chat_templates.ipynb #eeb26999
-import dataclasses, difflib, html, os, re, warnings
+import dataclasses, difflib, html, json, os, re, warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -376,8 +377,9 @@ def special_strings(tokenizer) -> list:
 def _from_tokenizer(cls, tokenizer, name: Optional[str]=None) -> Template:
     "Wrap `tokenizer`'s own jinja chat template; XTuner fields and default system prompt are read off its renderings."
     if not getattr(tokenizer, 'chat_template', None):
-        raise TemplateError('this tokenizer has no chat_template (a base model?): use a registry template, e.g. '
-                            "get_template('default'), or set tokenizer.chat_template")
+        raise TemplateError('this tokenizer has no chat_template (a base model, or a folder saved without one): name a registry '
+                            "template — get_template('smollm2'), `learnft chat MODEL --template smollm2` — or set tokenizer.chat_template; "
+                            'a model merged by `learnft merge` carries the template it was trained in')
     name = name or str(getattr(tokenizer, 'name_or_path', '') or 'tokenizer')
     S, U, A, U2 = (_SENTINEL.format(k) for k in (90, 91, 92, 93))
     u, a = (lambda c: {'role': 'user', 'content': c}), (lambda c: {'role': 'assistant', 'content': c})
@@ -474,6 +476,66 @@ def chat_with_template(model, tokenizer, template, messages, max_new_tokens: int
     return {'template': t.name, 'prompt': prompt, 'reply': tokenizer.decode(new[:-1] if stopped else new), 'new_tokens': len(new),
             'stopped': stopped}
 
+# %% ../nbs/01_chat_templates.ipynb #5dadf71c
+def _lit(s: str) -> str:
+    "A jinja string literal holding `s` exactly (JSON's escapes are jinja's)."
+    return json.dumps(s, ensure_ascii=False)
+
+def _official_jinja(t: Template, system) -> str:
+    f = t.official
+    if f is None: raise TemplateError(f"template {t.name!r} has no official layout (XTuner's is its reference): use style='xtuner'")
+    if f.system_in_user is not None:
+        raise TemplateError(f"template {t.name!r} writes the system prompt inside the first user turn; writing that as jinja is "
+                            "not supported: keep the model's own chat_template")
+    if system is not None and f.system is None:
+        raise TemplateError(f"template {t.name!r} has no system turn, so it cannot carry the default system prompt {system!r}")
+    c = "message['content'] | trim" if f.strip else "message['content']"
+    fail = lambda why: f"{{{{- raise_exception({_lit(why)}) -}}}}"
+    sys_turn = f"{{{{- {_lit(f.system[0])} + {c} + {_lit(f.system[1])} -}}}}" if f.system is not None else fail(f'{t.name} has no system role')
+    default = '' if system is None else ("{%- if not messages or messages[0]['role'] != 'system' -%}"
+                                         f"{{{{- {_lit(f.system[0] + (system.strip() if f.strip else system) + f.system[1])} -}}}}{{%- endif -%}}")
+    alternate = ''
+    if f.alternate:   # user/assistant/user/... after an optional system message, as validate_messages asks
+        alternate = ("{%- set first = 1 if messages and messages[0]['role'] == 'system' else 0 -%}"
+                     "{%- if loop.index0 >= first and (message['role'] == 'user') != ((loop.index0 - first) % 2 == 0) -%}"
+                     + fail(f'{t.name} needs user/assistant/user/... messages') + "{%- endif -%}")
+    return ''.join([f"{{{{- {_lit(f.begin)} -}}}}", default, "{%- for message in messages -%}", alternate,
+                    "{%- if message['role'] == 'system' -%}", sys_turn,
+                    "{%- elif message['role'] == 'user' -%}", f"{{{{- {_lit(f.user[0])} + {c} + {_lit(f.user[1])} -}}}}",
+                    "{%- elif message['role'] == 'assistant' -%}",
+                    f"{{{{- {_lit(f.assistant[0])} + {c} + {_lit(f.assistant[1] + f.assistant[2])} -}}}}",
+                    "{%- else -%}{{- raise_exception('unknown role ' + message['role']) -}}{%- endif -%}{%- endfor -%}",
+                    f"{{%- if add_generation_prompt -%}}{{{{- {_lit(f.generation_prompt)} -}}}}{{%- else -%}}{{{{- {_lit(f.end)} -}}}}{{%- endif -%}}"])
+
+def _xtuner_jinja(t: Template, system, bos_token: str, eos_token: str) -> str:
+    if system is not None and t.system is None:
+        raise TemplateError(f"XTuner's {t.name!r} has no SYSTEM, so it cannot carry the default system prompt {system!r}")
+    ia, ib = _fmt_split(t.instruction, 'input')
+    lit = lambda s: f"{_lit(s)}.replace('{{round}}', ns.round | string)" if '{round}' in s else _lit(s)
+    sys_part = ''
+    if t.system is not None:    # XTuner writes SYSTEM in the first turn only, and only when the system text is not empty
+        sa, sb = _fmt_split(t.system, 'system')
+        sys_part = f"{{%- if ns.round == 1 and ns.system -%}}{{{{- {_lit(sa)} + ns.system + {_lit(sb)} -}}}}{{%- endif -%}}"
+    bos = f"{{%- if ns.bos -%}}{{{{- {_lit(bos_token)} -}}}}{{%- set ns.bos = false -%}}{{%- endif -%}}" if bos_token else ''
+    eos = '' if t.suffix_as_eos or not eos_token else f"{{{{- {_lit(eos_token)} -}}}}{{%- set ns.bos = true -%}}"
+    return ''.join([f"{{%- set ns = namespace(round=0, bos=true, system={_lit(system or '')}) -%}}",
+                    "{%- for message in messages -%}",
+                    "{%- if message['role'] == 'system' -%}{%- set ns.system = message['content'] -%}",
+                    "{%- elif message['role'] == 'user' -%}{%- set ns.round = ns.round + 1 -%}", bos, sys_part,
+                    f"{{{{- {lit(ia)} + message['content'] + {lit(ib)} -}}}}",
+                    "{%- elif message['role'] == 'assistant' -%}", f"{{{{- message['content'] + {_lit(t.suffix)} -}}}}", eos,
+                    f"{{{{- {_lit(t.sep)} -}}}}",
+                    "{%- else -%}{{- raise_exception('unknown role ' + message['role']) -}}{%- endif -%}{%- endfor -%}"])
+
+def to_jinja(self: Template, style: str='official', system: Optional[str]=None, bos_token: str='', eos_token: str='') -> str:
+    """This template as a Hugging Face `chat_template` (jinja): renders what `render(..., style=style)` renders, inserting
+    `system` when a conversation has no system message (`None`: no default system prompt). XTuner's style writes `bos_token`
+    and `eos_token` as `encode_fn` puts them."""
+    if style == 'official': return _official_jinja(self, system)
+    if style == 'xtuner': return _xtuner_jinja(self, system, bos_token, eos_token)
+    raise TemplateError(f"style must be 'official' or 'xtuner', got {style!r}")
+Template.to_jinja = to_jinja
+
 # %% ../nbs/01_chat_templates.ipynb #9eb9b913
 @dataclass
 class Finding:
@@ -517,15 +579,21 @@ def _embedding_outliers(model, ids, rel: float=0.1) -> dict:
     return out
 
 def _check_layout(t, tokenizer) -> list:
-    "1. the tokenizer's own template renders the probe differently."
+    "1. the tokenizer's own template renders the probe differently (with a system message, then without one: a default system prompt)."
     ours, probe = _probe_render(t, add_generation_prompt=True)
+    what = 'a probe conversation'
     try: theirs = _apply(tokenizer, probe, True)
     except Exception as e: theirs = f'(raises {e})'
+    if ours == theirs and probe[0]['role'] == 'system':
+        what, probe = 'a probe conversation without a system message (a default system prompt differs)', probe[1:]
+        ours = t.render(probe, add_generation_prompt=True)
+        try: theirs = _apply(tokenizer, probe, True)
+        except Exception as e: theirs = f'(raises {e})'
     if ours == theirs: return []
     i = next((k for k, (x, y) in enumerate(zip(ours, theirs)) if x != y), min(len(ours), len(theirs)))
     j = max(0, i - 10)
     return [Finding('mismatch', 'warning',
-        f"the tokenizer's own chat template renders a probe conversation differently from {t.name!r} (first difference at "
+        f"the tokenizer's own chat template renders {what} differently from {t.name!r} (first difference at "
         f'character {i}: ours {ours[j:i+30]!r}, theirs {theirs[j:i+30]!r})',
         'train and chat with the layout the model was trained with: use Template.from_tokenizer(tokenizer) or the matching '
         'registry entry; keep a different one only if you fine-tune with it and chat with it too')]

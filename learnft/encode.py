@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'bos_eos_ids', 'encode_conversations', 'encode', 'show_masked', 'token_table', 'encode_chat',
-           'EncodeReport', 'encode_dataset']
+           'EncodeReport', 'encode_dataset', 'conversation_messages', 'training_template']
 
 # %% ../nbs/03_label_masking.ipynb #0ec88266
 import torch
@@ -109,27 +109,42 @@ class EncodeReport:
                  f"{self.tokens} tokens, {self.trained_tokens} trained ({self.trained_tokens / max(self.tokens, 1):.1%})"]
         return '\n'.join(lines + [f"  dropped {n}: {r}" for r, n in self.dropped.most_common()])
 
-def _encode_batch(batch, tokenizer, max_length, turns, template):
+def _status(e: dict, max_length: int) -> tuple:
+    "`(input_ids, labels, status)` of one encoded sample cut at `max_length`; status: kept, truncated or why it is dropped."
+    had = any(l != IGNORE_INDEX for l in e['labels'])
+    ids, labels = e['input_ids'][:max_length], e['labels'][:max_length]
+    has = any(l != IGNORE_INDEX for l in labels)
+    status = ('kept' if len(e['input_ids']) <= max_length else 'truncated') if has else \
+             ('no trained token' if not had else 'truncation removed every trained token')
+    return ids, labels, status
+
+def _encode_batch(batch, tokenizer, max_length, turns, template, style='xtuner', system=None):
     convs = batch['conversation']
-    if template is not None: convs = [template_map({'conversation': c}, template)['conversation'] for c in convs]
-    full = encode_conversations(convs, tokenizer, 10**9, turns)
+    if style == 'official':       # the served layout: the chat template renders messages, answers + end-of-turn trained
+        full = [encode_chat(conversation_messages(c), tokenizer, 10**9, template, turns) for c in convs]
+    else:                         # XTuner's layout, token for token as its encode_fn
+        if system: convs = [[dict(t, system=t.get('system') or system) if k == 0 else t for k, t in enumerate(c)] for c in convs]
+        if template is not None: convs = [template_map({'conversation': c}, template)['conversation'] for c in convs]
+        full = encode_conversations(convs, tokenizer, 10**9, turns)
     out = {'input_ids': [], 'labels': [], 'length': [], '_status': []}
     for e in full:
-        had = any(l != IGNORE_INDEX for l in e['labels'])
-        ids, labels = e['input_ids'][:max_length], e['labels'][:max_length]
-        has = any(l != IGNORE_INDEX for l in labels)
-        status = ('kept' if len(e['input_ids']) <= max_length else 'truncated') if has else \
-                 ('no trained token' if not had else 'truncation removed every trained token')
+        ids, labels, status = _status(e, max_length)
         out['input_ids'].append(ids); out['labels'].append(labels); out['length'].append(len(ids)); out['_status'].append(status)
     return out
 
-def encode_dataset(ds, tokenizer, max_length: int, template=None, turns: str='all', num_proc: int=None, verbose: bool=True):
-    "Template (optional) + encode every conversation of `ds`; drop label-less samples, counted; returns `(ds, EncodeReport)`."
-    if template is not None:
+def encode_dataset(ds, tokenizer, max_length: int, template=None, turns: str='all', num_proc: int=None, verbose: bool=True,
+                   style: str='xtuner', system: str=None):
+    """Template + encode every conversation of `ds`; drop label-less samples, counted; returns `(ds, EncodeReport)`.
+    `style='xtuner'`: XTuner's `template_map_fn` + `encode_fn` (`template=None`: the rows are templated already);
+    `style='official'`: the chat template's own layout (`template=None`: the tokenizer's), as `training_template` builds it."""
+    if style not in ('xtuner', 'official'): raise ValueError(f"style should be 'xtuner' or 'official', got {style!r}")
+    if style == 'official': template = training_template(template, tokenizer, 'official', system)[0]
+    elif template is not None:
         from learnft.formats import as_xtuner_template
         template = as_xtuner_template(template)
     keep_cols = [c for c in ds.column_names if c == 'row']
-    ds = ds.map(_encode_batch, batched=True, fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, turns=turns, template=template),
+    ds = ds.map(_encode_batch, batched=True, fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, turns=turns, template=template,
+                                                            style=style, system=system),
                 remove_columns=[c for c in ds.column_names if c not in keep_cols], num_proc=num_proc, desc='encode')
     status = Counter(ds['_status'])
     keep = [i for i, s in enumerate(ds['_status']) if s in ('kept', 'truncated')]
@@ -139,3 +154,33 @@ def encode_dataset(ds, tokenizer, max_length: int, template=None, turns: str='al
                        tokens=sum(ds['length']), trained_tokens=sum(sum(l != IGNORE_INDEX for l in ls) for ls in ds['labels']))
     if verbose: print(rep)
     return ds, rep
+
+# %% ../nbs/03_label_masking.ipynb #9a06abb6
+def conversation_messages(conv: list) -> list:
+    "XTuner's conversation schema (lesson 02) -> OpenAI messages: `system` when a turn has one, then user, then assistant with `loss` = `output_with_loss`."
+    msgs = []
+    for t in conv:
+        if t.get('system'): msgs.append({'role': 'system', 'content': t['system']})
+        msgs.append({'role': 'user', 'content': t.get('input') or ''})
+        msgs.append({'role': 'assistant', 'content': t.get('output') or '', 'loss': bool(t.get('output_with_loss', True))})
+    return msgs
+
+def training_template(template, tokenizer, style: str='official', system: str=None) -> tuple:
+    """`(Template, chat_template)`: the template that encodes the training rows and the jinja program that serves the same layout.
+    `template`: a registry name or `Template` (its default system prompt replaced by `system`; `None`: no default), or `None`/'model'
+    for the tokenizer's own jinja, used as it is (its default system prompt is then part of the trained layout)."""
+    import dataclasses
+    from learnft.templates import Template, get_template
+    if style not in ('official', 'xtuner'): raise ValueError(f"style should be 'official' or 'xtuner', got {style!r}")
+    if template in (None, 'model'):
+        if style != 'official':
+            raise ValueError("template 'model' is the tokenizer's own chat_template, which has only its own (official) layout; "
+                             "name a registry template (e.g. 'smollm2') for XTuner's layout")
+        if system is not None:
+            raise ValueError("template 'model' keeps the tokenizer's own chat_template, whose default system prompt is its own; "
+                             f"to train and serve the system prompt {system!r}, name a registry template (e.g. 'smollm2')")
+        t = Template.from_tokenizer(tokenizer)          # a clear error when the tokenizer has no chat_template
+        return t, tokenizer.chat_template
+    t = dataclasses.replace(get_template(template), default_system=system)
+    bos, eos = bos_eos_ids(tokenizer)
+    return t, t.to_jinja(style, system, bos_token=tokenizer.decode(bos), eos_token=tokenizer.decode(eos))

@@ -8,7 +8,7 @@ __all__ = ['TURN_DEFAULTS', 'SHAREGPT_ROLES', 'MAP_FNS', 'DataError', 'DropRow',
            'MapReport', 'to_conversations', 'as_xtuner_template', 'template_map']
 
 # %% ../nbs/02_datasets.ipynb #ff9acbdc
-import json
+import functools, json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,14 +42,15 @@ def get_field(row: dict, key: str, idx=None, fmt: str='', types=(str,), optional
     return v
 
 # %% ../nbs/02_datasets.ipynb #b7d23467
-def alpaca_map(row: dict, idx=None) -> dict:
-    "Alpaca `{instruction, input, output}` -> one turn; like XTuner's `alpaca_map_fn`; `<nooutput>`/empty outputs dropped."
+def alpaca_map(row: dict, idx=None, xtuner_newline: bool=True) -> dict:
+    """Alpaca `{instruction, input, output}` -> one turn; like XTuner's `alpaca_map_fn` (which writes `instruction + '\\n' + input`
+    even when `input` is empty; `xtuner_newline=False` leaves that stray newline out); `<nooutput>`/empty outputs dropped."""
     instruction = get_field(row, 'instruction', idx, 'alpaca')
     inp = get_field(row, 'input', idx, 'alpaca', optional=True, default='')
     output = get_field(row, 'output', idx, 'alpaca')
     if output == '<nooutput>': raise DropRow('alpaca <nooutput>')
     if not output.strip(): raise DropRow('empty output')
-    return {'conversation': [make_turn(f"{instruction}\n{inp}", output)]}
+    return {'conversation': [make_turn(f"{instruction}\n{inp}" if inp or xtuner_newline else instruction, output)]}
 
 # %% ../nbs/02_datasets.ipynb #3815cc02
 def _loss_flag(v, where):
@@ -185,12 +186,13 @@ def _map_batch(batch, idxs, fn):
         out['_drop'].append(drop); out['_note'].append(r.get('note', ''))
     return out
 
-def to_conversations(ds: datasets.Dataset, fmt: str=None, num_proc: int=None, verbose: bool=True):
-    "Map every row of `ds` to XTuner's schema (format detected from the first row unless `fmt`); returns `(ds, MapReport)`."
+def to_conversations(ds: datasets.Dataset, fmt: str=None, num_proc: int=None, verbose: bool=True, xtuner_newline: bool=True):
+    "Map every row of `ds` to XTuner's schema (format detected from the first row unless `fmt`); returns `(ds, MapReport)`. `xtuner_newline`: see `alpaca_map`."
     if len(ds) == 0: raise DataError('the dataset has no rows')
     fmt = fmt or detect_format(ds[0])
     if fmt not in MAP_FNS: raise DataError(f"unknown format {fmt!r}; expected one of {sorted(MAP_FNS)}")
-    ds = ds.map(_map_batch, batched=True, with_indices=True, fn_kwargs={'fn': MAP_FNS[fmt]},
+    fn = MAP_FNS[fmt] if xtuner_newline or fmt != 'alpaca' else functools.partial(alpaca_map, xtuner_newline=False)
+    ds = ds.map(_map_batch, batched=True, with_indices=True, fn_kwargs={'fn': fn},
                 remove_columns=ds.column_names, num_proc=num_proc, desc=f'{fmt} -> conversation')
     drops, notes = ds['_drop'], ds['_note']
     rep = MapReport(total=len(ds), dropped=Counter(d for d in drops if d),

@@ -70,7 +70,9 @@ def _quiet_hf():
     import functools
     from transformers.utils import logging as hf_logging
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
     was = hf_logging.is_progress_bar_enabled(); verbosity = hf_logging.get_verbosity()
+    hub_off = are_progress_bars_disabled()      # datasets' bars too: transformers' enable_progress_bar() turns them all back on
     hf_logging.disable_progress_bar(); hf_logging.set_verbosity_error()
     if not torch.cuda.is_available(): os.environ.setdefault('DS_ACCELERATOR', 'cpu')   # DeepSpeed, if installed and imported, warns it fell back to CPU
     tq = gguf_utils.tqdm  # GGUF dequantization uses a plain tqdm: keep it in terminals, drop it in notebooks and logs
@@ -79,6 +81,7 @@ def _quiet_hf():
     finally:
         gguf_utils.tqdm = tq
         if was: hf_logging.enable_progress_bar()
+        if hub_off: disable_progress_bars()      # as the caller had them (e.g. datasets.disable_progress_bars() in a notebook)
         hf_logging.set_verbosity(verbosity)
 
 def _gguf_stamp(gguf: Path) -> dict:

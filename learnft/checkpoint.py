@@ -14,8 +14,8 @@ import torch
 from .dist import rank_and_world, barrier
 
 # %% ../nbs/10c_checkpoint.ipynb #62ddad67
-def save_checkpoint(work_dir, step: int, model, opt, sched, keep: int=2, engine=None) -> Path:
-    "Write `checkpoint-<step>` atomically: a temp folder filled (with a DeepSpeed `engine`: every rank its ZeRO shard), `state.json` last, then one rename; keep the last `keep`."
+def save_checkpoint(work_dir, step: int, model, opt, sched, keep: int=2, engine=None, tokenizer=None) -> Path:
+    "Write `checkpoint-<step>` atomically: a temp folder filled (with a DeepSpeed `engine`: every rank its ZeRO shard), `state.json` last, then one rename; keep the last `keep`. Its `adapter/` holds `tokenizer` too (the trained chat template), so a checkpoint chats and merges like the final adapter."
     work_dir = Path(work_dir)
     tmp = work_dir/f'.tmp-checkpoint-{step}'; final = work_dir/f'checkpoint-{step}'
     rank, world = rank_and_world()
@@ -23,11 +23,14 @@ def save_checkpoint(work_dir, step: int, model, opt, sched, keep: int=2, engine=
     barrier()
     if engine is None:
         model.save_pretrained(tmp/'adapter')
+        if tokenizer is not None: tokenizer.save_pretrained(tmp/'adapter')
         torch.save({'optimizer': opt.state_dict(), 'scheduler': sched.state_dict(), 'rng': torch.get_rng_state()}, tmp/'trainer_state.pt')
     else:   # ZeRO-2: the optimizer state is partitioned, so each rank writes its own part (DeepSpeed's format)
         engine.save_checkpoint(str(tmp/'deepspeed'), tag='zero2', save_latest=False, exclude_frozen_parameters=True)
         torch.save({'rng': torch.get_rng_state()}, tmp/f'rng_rank{rank}.pt')
-        if rank == 0: engine.module.save_pretrained(tmp/'adapter')
+        if rank == 0:
+            engine.module.save_pretrained(tmp/'adapter')
+            if tokenizer is not None: tokenizer.save_pretrained(tmp/'adapter')
         barrier()
     if rank == 0:
         (tmp/'state.json').write_text(json.dumps({'step': step, 'time': time.time(), 'world_size': world}))

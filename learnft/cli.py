@@ -51,12 +51,17 @@ def _cmd_merge(a):
     from learnft.chat import merge_adapter
     print(f'merged model written to {merge_adapter(a.base, a.adapter, a.out)}')
 
+def _cmd_eval(a):
+    from learnft.lab import evaluate
+    evaluate(a.target, a.adapter, a.split, a.base)
+
 def _cmd_chat(a):
     from learnft.chat import load_for_chat, generate
     from learnft.templates import check_template
     model, tok = load_for_chat(a.model, a.adapter, bits=a.bits)
     for f in check_template(tok, a.template):           # the templates lesson's doctor runs first
-        if f.severity == 'error': print(f'warning: {f}', file=sys.stderr)
+        if f.severity == 'error' or f.check == 'mismatch':  # mismatch: --template is not the layout this model was trained in
+            print(f'warning: {f}', file=sys.stderr)
     prompts = [a.prompt] if a.prompt is not None else None
     interactive = prompts is None and sys.stdin.isatty()
     history = []
@@ -103,9 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser('merge', help='merge a LoRA adapter into its base: a plain safetensors model')
     s.add_argument('base', help="base model folder, or 'smollm2'"); s.add_argument('adapter'); s.add_argument('out')
     s.set_defaults(fn=_cmd_merge)
+    s = sub.add_parser('eval', help="score identity, retention and validation loss of a model, an adapter or every checkpoint of a run")
+    s.add_argument('target', help='a run directory (every checkpoint), an adapter folder, or a model folder')
+    s.add_argument('--adapter', help='an adapter for the model folder given as target'); s.add_argument('--base', help="the base for an adapter (default: the one it records, or 'smollm2')")
+    s.add_argument('--split', choices=['val', 'test'], default='val', help='held-out questions: val (to choose on, the default) or test (report once)')
+    s.set_defaults(fn=_cmd_eval)
     s = sub.add_parser('chat', help='chat with a model (streaming); --prompt for one non-interactive answer; stdin lines when piped')
     s.add_argument('model', help="model folder, or 'smollm2'"); s.add_argument('--adapter')
-    s.add_argument('--template', default='smollm2', help='对话模版 name from learnft.templates (default smollm2)')
+    s.add_argument('--template', default=None, help="对话模版 name from learnft.templates; default: the model's (or adapter's) own chat_template, the layout it was trained in")
     s.add_argument('--system'); s.add_argument('--bits', type=int, choices=[4, 16, 32], default=32)
     s.add_argument('--prompt', help='answer this one prompt and exit'); s.add_argument('--max-new-tokens', type=int, default=128)
     s.add_argument('--no-history', action='store_true', help='answer each line on its own'); s.set_defaults(fn=_cmd_chat)

@@ -307,3 +307,42 @@ def test_num_threads_restored(tmp_path):
     assert torch.get_num_threads() == 2
     trainer.train({**SHORT, 'train': {**SHORT['train'], 'max_steps': 3, 'num_threads': 1}}, tmp_path/'b', verbose=False, stop_at=1)
     assert torch.get_num_threads() == 2
+
+def test_merged_model_serves_the_trained_template(trained, tmp_path):
+    "`learnft merge` ships the trained chat template (no base system prompt) and its stop tokens: plain transformers = learnft chat."
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    out = tmp_path/'merged'
+    r = run_cli('merge', str(trained/'base'), str(trained/'adapter'), str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template == AutoTokenizer.from_pretrained(trained/'adapter').chat_template and 'SmolLM' not in tok.chat_template
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert 2 in model.generation_config.eos_token_id                     # <|im_end|>, the trained end-of-turn
+    q = [{'role': 'user', 'content': 'Who are you?'}]
+    enc = tok.apply_chat_template(q, add_generation_prompt=True, return_tensors='pt', return_dict=True)
+    with torch.no_grad(): plain = model.generate(**enc, max_new_tokens=8, do_sample=False)[0, enc['input_ids'].shape[1]:]
+    ours = chat.generate(model, tok, None, q, max_new_tokens=8)
+    assert tok.decode(plain, skip_special_tokens=True).strip() == ours['reply']
+    r = run_cli('chat', str(out), '--prompt', 'Who are you?', '--max-new-tokens', '8')
+    assert r.returncode == 0 and ours['reply'] in r.stdout, (ours['reply'], r.stdout[-500:])
+    r = run_cli('chat', str(out), '--prompt', 'Hi', '--max-new-tokens', '2', '--template', 'qwen_chat')   # not the trained layout
+    assert r.returncode == 0 and 'mismatch' in r.stderr and "'qwen_chat'" in r.stderr, r.stderr[-1500:]
+    for f in out.glob('chat_template*'): f.unlink()                      # a folder without a chat template: the error names the fix
+    tc = json.loads((out/'tokenizer_config.json').read_text()); tc.pop('chat_template', None)
+    (out/'tokenizer_config.json').write_text(json.dumps(tc))
+    r = run_cli('chat', str(out), '--prompt', 'Hi', '--max-new-tokens', '2')
+    assert r.returncode != 0 and 'no chat_template' in r.stderr and '--template' in r.stderr, r.stderr[-1500:]
+
+def test_checkpoints_carry_the_trained_template(trained):
+    for cp in checkpoint.checkpoints(trained):
+        assert (cp/'adapter'/'tokenizer_config.json').exists()
+
+def test_eval_every_checkpoint_of_a_run(trained, capsys):
+    "`learnft eval RUN`: each checkpoint scored on the validation set, a plot of identity and retention against steps."
+    main(['eval', str(trained)])
+    out = capsys.readouterr().out
+    lines = [l for l in out.splitlines() if l.startswith('checkpoint-')]
+    assert [l.split()[0] for l in lines] == ['checkpoint-3', 'checkpoint-6'] and all('identity ' in l and 'retention ' in l for l in lines), out
+    assert (trained/'eval_val.png').exists()
+    with pytest.raises(SystemExit) as e: main(['eval', str(trained/'nothing-here')])
+    assert e.value.code == 2 and 'not a run directory' in capsys.readouterr().err

@@ -166,7 +166,8 @@ CONFIGS = {
         # attention projections only: the MLPs, where most factual associations live, stay untouched (see the lab's results)
         lora=dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj']),
         optim=dict(lr=1e-3, weight_decay=0.0, max_norm=1.0, scheduler='cosine', warmup_ratio=0.05),
-        train=dict(batch_size=2, accumulative_counts=1, max_epochs=3, max_steps=75, seed=0, save_steps=25, log_steps=1),
+        train=dict(batch_size=2, accumulative_counts=1, max_epochs=3, max_steps=75, seed=0, save_steps=25, save_total_limit=3,
+                   log_steps=1),                    # three checkpoints: run_lab keeps the best one on the validation set
         eval=dict(prompts=_LAB_EVAL, every_steps=0, max_new_tokens=32), deepspeed=None),
     'smollm2_135m_qlora_alpaca_e3': dict(
         model=dict(path='smollm2'), template='smollm2',

@@ -321,7 +321,7 @@ def _plot_eval(rows, out, split):
 
 # %% ../nbs/10_lab_qlora.ipynb #ec1620a6
 def run_lab(config: str='smollm2_135m_qlora_self_cognition', work_dir=None, max_steps: int=None, chat_questions=None, split: str='test') -> dict:
-    "Config -> QLoRA training -> merge -> chat: prints the `split` set's before/after identity and retention with counts and 95 % intervals, sample chats and speeds."
+    "Config -> QLoRA training -> the best checkpoint on validation -> merge -> chat: prints the `split` set's before/after identity and retention with counts and 95 % intervals, sample chats and speeds."
     import tempfile
     work_dir = Path(work_dir or tempfile.mkdtemp(prefix='learnft-lab-'))
     cfg = load_config(config)
@@ -337,8 +337,12 @@ def run_lab(config: str='smollm2_135m_qlora_self_cognition', work_dir=None, max_
     summary = train(cfg, work_dir/'run', max_steps=max_steps, verbose=True)
     print(f"   {summary['steps_run']} steps in {summary['seconds']:.0f} s: {summary['s_per_step']:.2f} s/step, "
           f"{summary['trained_tokens_per_s']:.0f} trained tokens/s")
-    print('-- merging the adapter into the fp32 base')
-    merged = merge_adapter(base_path, summary['adapter'], work_dir/'merged')
+    print('-- choosing the checkpoint on the validation set (learnft eval)')
+    ckpts = evaluate(work_dir/'run', split='val', base=base_path)
+    best = max(ckpts, key=lambda r: (r['identity'] + r['retention'], r['identity']))
+    print(f"   kept {best['checkpoint']} (identity + retention highest on validation; the curve: {work_dir}/run/eval_val.png)")
+    print('-- merging its adapter into the fp32 base')
+    merged = merge_adapter(base_path, work_dir/'run'/best['checkpoint']/'adapter', work_dir/'merged')
     model, tok = load_model(merged)
     after = lab_scores(model, tok, split, base_correct=before['general_correct'])   # the merged model as served: the template it was trained in
     print('-- after training (merged model, its own chat template)')
@@ -350,4 +354,5 @@ def run_lab(config: str='smollm2_135m_qlora_self_cognition', work_dir=None, max_
         r = generate(model, tok, None, q, max_new_tokens=40)
         print(f"Q: {q}\nA: {r['reply']}   [{r['new_tokens']} tokens, {r['tokens_per_s']:.1f} tokens/s]")
     print(f'== lab done in {time.time() - t_all:.0f} s; loss curve: {work_dir}/run/loss_curve.png')
-    return {'before': before, 'after': after, 'train': summary, 'merged': str(merged), 'work_dir': str(work_dir)}
+    return {'before': before, 'after': after, 'train': summary, 'checkpoints': ckpts, 'chosen': best['checkpoint'],
+            'merged': str(merged), 'work_dir': str(work_dir)}

@@ -21,8 +21,10 @@ from .trainer import load_model
 def prompt_ids(tokenizer, messages, template=None) -> tuple:
     "`(prompt text, token ids, Template)` for the next answer: the tokenizer's own `chat_template` (`template=None`, as transformers and every server build it) or a registry template's official layout."
     if template is None:
-        t = Template.from_tokenizer(tokenizer)      # no chat_template: a TemplateError that names the fix
+        if not getattr(tokenizer, 'chat_template', None): Template.from_tokenizer(tokenizer)   # a TemplateError that names the fix
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)['input_ids']
+        try: t = Template.from_tokenizer(tokenizer)  # its end-of-turn and stop words, read off its renderings
+        except Exception: t = None                   # a program too unusual to read: the tokenizer's EOS and generation_config stop it
         return tokenizer.decode(ids), list(ids), t
     t = get_template(template)
     prompt = t.render(messages, add_generation_prompt=True)
@@ -32,7 +34,7 @@ def stop_ids(model, tokenizer, template) -> list:
     "Ids that end an answer: the template's (`stop_token_ids`) and the model's `generation_config.eos_token_id`."
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        ids = stop_token_ids(template, tokenizer)
+        ids = stop_token_ids(template, tokenizer) if template is not None else [i for i in [tokenizer.eos_token_id] if i is not None]
     gen = getattr(getattr(model, 'generation_config', None), 'eos_token_id', None)
     return list(dict.fromkeys(ids + ([gen] if isinstance(gen, int) else list(gen or []))))
 

@@ -86,3 +86,12 @@ def test_model_template_and_bad_combinations(tok):
     assert trainer.served_chat_template(cfg, tok) == tok.chat_template      # the tokenizer's own program, default system included
     for opts, key in ((['template=model', 'template_style=xtuner'], "'template_style'"), (['template=model', 'system=Hi'], "'system'")):
         with pytest.raises(config.ConfigError, match=key): config.load_config('tiny_qlora_self_cognition', opts)
+
+
+def test_chat_with_a_template_it_cannot_read(tok):
+    "A chat_template whose layout cannot be read off (it never echoes an answer) still serves: apply_chat_template's prompt, EOS as the stop."
+    t = copy.deepcopy(tok)
+    t.chat_template = "{% for m in messages %}{% if m['role'] == 'user' %}{{ 'Q: ' + m['content'] + '\\n' }}{% endif %}{% endfor %}{{ 'A:' }}"
+    text, ids, tpl = chat.prompt_ids(t, [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello'}, {'role': 'user', 'content': 'Bye'}])
+    assert tpl is None and text == 'Q: Hi\nQ: Bye\nA:' and ids == t('Q: Hi\nQ: Bye\nA:', add_special_tokens=False)['input_ids']
+    assert chat.stop_ids(None, t, tpl) == [t.eos_token_id]

@@ -15,6 +15,7 @@ from pathlib import Path
 from .config import load_config
 from .trainer import resolve_model_path, load_model, read_log, train
 from .checkpoint import checkpoints
+from .models import display_path
 from .chat import generate, generate_many, load_for_chat, merge_adapter
 
 # %% ../nbs/10_lab_qlora.ipynb #eed5027d
@@ -326,7 +327,7 @@ def run_lab(config: str='smollm2_135m_qlora_self_cognition', work_dir=None, max_
     work_dir = Path(work_dir or tempfile.mkdtemp(prefix='learnft-lab-'))
     cfg = load_config(config)
     t_all = time.time()
-    print(f'== learnft lab: {config}  (work dir {work_dir})')
+    print(f'== learnft lab: {config}  (work dir {display_path(work_dir)})')
     base_path = resolve_model_path(cfg['model'], work_dir)
     base, tok = load_model(base_path)
     print('-- before training (base model, fp32)')
@@ -340,7 +341,7 @@ def run_lab(config: str='smollm2_135m_qlora_self_cognition', work_dir=None, max_
     print('-- choosing the checkpoint on the validation set (learnft eval)')
     ckpts = evaluate(work_dir/'run', split='val', base=base_path)
     best = max(ckpts, key=lambda r: (r['identity'] + r['retention'], r['identity']))
-    print(f"   kept {best['checkpoint']} (identity + retention highest on validation; the curve: {work_dir}/run/eval_val.png)")
+    print(f"   kept {best['checkpoint']} (identity + retention highest on validation; the curve: {display_path(work_dir / 'run' / 'eval_val.png')})")
     print('-- merging its adapter into the fp32 base')
     merged = merge_adapter(base_path, work_dir/'run'/best['checkpoint']/'adapter', work_dir/'merged')
     model, tok = load_model(merged)
@@ -353,6 +354,6 @@ def run_lab(config: str='smollm2_135m_qlora_self_cognition', work_dir=None, max_
     for q in chat_questions or [idq[0], next(q for q in idq if _cjk(q)), facts[0][0], facts[6][0]]:
         r = generate(model, tok, None, q, max_new_tokens=40)
         print(f"Q: {q}\nA: {r['reply']}   [{r['new_tokens']} tokens, {r['tokens_per_s']:.1f} tokens/s]")
-    print(f'== lab done in {time.time() - t_all:.0f} s; loss curve: {work_dir}/run/loss_curve.png')
+    print(f'== lab done in {time.time() - t_all:.0f} s; loss curve: {display_path(work_dir / "run" / "loss_curve.png")}')
     return {'before': before, 'after': after, 'train': summary, 'checkpoints': ckpts, 'chosen': best['checkpoint'],
             'merged': str(merged), 'work_dir': str(work_dir)}

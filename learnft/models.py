@@ -29,9 +29,10 @@ def cache_dir() -> Path:
     return Path(base).expanduser()/'learnft'
 
 def display_path(p) -> str:
-    "`p` as messages and saved outputs show it: inside the learnft cache as `<learnft cache>/…`, inside the home folder as `~/…`."
+    "`p` as messages and saved outputs show it: inside the learnft cache as `<learnft cache>/…`, the temporary folder as `<tmp>/…`, the home folder as `~/…`."
+    import tempfile
     p = Path(p)
-    for root, shown in ((cache_dir(), '<learnft cache>'), (Path.home(), '~')):
+    for root, shown in ((cache_dir(), '<learnft cache>'), (Path(tempfile.gettempdir()), '<tmp>'), (Path.home(), '~')):
         try: return f'{shown}/{p.relative_to(root).as_posix()}'
         except ValueError: pass
     return str(p)

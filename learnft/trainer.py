@@ -18,7 +18,7 @@ from .formats import DataError, detect_format, load_rows, to_conversations
 from .encode import IGNORE_INDEX, encode_dataset, training_template
 from .packing import pack_dataset, collate_packed, collate_padded, collate_varlen, use_varlen_attention
 from .qlora import bnb_cpu_dequant_warnings, disable_cpu_repack
-from .models import atomic_dir
+from .models import atomic_dir, display_path
 from .config import ConfigError, data_builder, load_config, save_config
 from .dist import barrier, dist_setup
 from .checkpoint import checkpoints, load_checkpoint, save_checkpoint
@@ -89,12 +89,12 @@ def validation_split(conv, val_size: float, seed: int) -> tuple:
 
 def build_dataset(cfg: dict, tokenizer, verbose: bool=True, split: str='train') -> list:
     "Training rows (dicts of lists) for `cfg`: map -> template -> encode -> pack; refuses when nothing is left to train. Templated rows set `tokenizer.chat_template` to the layout they are in (`served_chat_template`). `split='val'`: the `data.val_size` held-out conversations, encoded alike, unpacked."
+    if split == 'val' and not cfg['data']['val_size']: return []
     conv, fmt = conversations(cfg, verbose and split == 'train')
     d, style = cfg['data'], cfg['template_style']
     if d['val_size']:
         conv = validation_split(conv, d['val_size'], cfg['train']['seed'])[split == 'val']
         if verbose: print(f"{split}: {len(conv)} conversations ({'held out' if split == 'val' else 'the rest'}, data.val_size {d['val_size']:g})")
-    elif split == 'val': return []
     if (fmt or '') == 'pretrain':           # 增量预训练: plain text, no template
         enc, erep = encode_dataset(conv, tokenizer, d['max_length'], template=None, turns=d['turns'], verbose=verbose)
     else:
@@ -133,8 +133,11 @@ def resolve_model_path(cfg_model: dict, work_dir=None) -> Path:
 def load_model(path, bits: int=32, quant_type: str='nf4', double_quant: bool=True, compute_dtype: str='float32', device=None):
     "`(model, tokenizer)` from a folder: 4-bit through bitsandbytes (repack disabled; the weights left unquantized — embeddings, head, norms — in `compute_dtype`), or plain fp32/bf16; on `device` (a GPU) if given."
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    import logging
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
+    if not torch.cuda.is_available(): os.environ.setdefault('DS_ACCELERATOR', 'cpu')   # DeepSpeed, when transformers imports it, would warn it fell back to CPU
+    logging.getLogger('bitsandbytes.backends.cpu.ops').setLevel(logging.ERROR)       # its notice that the optional `kernels` package is absent (it falls back)
     dtype = getattr(torch, compute_dtype)
     kw = {'device_map': {'': str(device)}} if device is not None and torch.device(device).type != 'cpu' else {}
     if bits == 4:
@@ -379,7 +382,7 @@ def _finish(summary: dict, secs: float, tokens: int, model, tok, cfg, device, en
         peak = torch.tensor(float(torch.cuda.max_memory_allocated(device)), device=device)
         if engine is not None: torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
         summary['peak_gpu_mib_per_rank'] = round(peak.item() / 2**20)
-    if verbose: print(json.dumps(summary))
+    if verbose: print(json.dumps({k: display_path(v) if k in ('work_dir', 'base', 'adapter') else v for k, v in summary.items()}))
     return summary
 
 def run_eval_prompts(model, tok, cfg, work_dir, step):

@@ -16,7 +16,8 @@ def _cmd_list(a):
 
 def _cmd_copy(a):
     from learnft.config import copy_config
-    print(f'copied to {copy_config(a.name, a.dir)}')
+    from learnft.models import display_path
+    print(f'copied to {display_path(copy_config(a.name, a.dir))}')
 
 def _cmd_log(a):
     from learnft.config import load_config
@@ -40,7 +41,9 @@ def _cmd_train(a):
         if not nproc.isdigit() or int(nproc) < 1: raise ValueError(f"NPROC_PER_NODE: got {nproc!r}; allowed: a positive integer")
         cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', nproc,   # --standalone: a free port
                '-m', 'learnft.cli', *a.argv]
-        print('running:', ' '.join(cmd), file=sys.stderr, flush=True)
+        from learnft.models import display_path
+        shown = ['python' if c == sys.executable else display_path(c) if c.startswith('/') else c for c in cmd]
+        print('running:', ' '.join(shown), file=sys.stderr, flush=True)
         sys.exit(__import__('subprocess').call(cmd))
     from learnft.config import load_config
     from learnft.trainer import train

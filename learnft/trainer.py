@@ -120,6 +120,7 @@ def resolve_model_path(cfg_model: dict, work_dir=None) -> Path:
     path = cfg_model['path']
     if path == 'smollm2': return smollm2_path()
     if path == 'tiny':
+        if not torch.cuda.is_available(): os.environ.setdefault('DS_ACCELERATOR', 'cpu')   # saving imports DeepSpeed's integration, which would warn
         out = Path(work_dir or '.')/'base'
         if not (out/'config.json').exists():
             model, tok = tiny_smollm2(**cfg_model.get('tiny', {}))

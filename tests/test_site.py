@@ -4,7 +4,7 @@ Built by `make docs` (tools/build_docs.py) into _docs/. Every lesson is a page i
 title, navigation and images, no request fails or leaves the machine, search works; screenshots of the home page and
 one lesson go to tests/artifacts/.
 """
-import functools, http.server, shutil, socketserver, threading
+import functools, http.server, re, shutil, socketserver, threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -101,3 +101,46 @@ def test_screenshots(site, browser):
         page.screenshot(path=str(out), full_page=False)
         assert out.stat().st_size > 10_000, f'{out} looks empty'
         page.close()
+
+
+# What a saved output must never show: a machine's paths, progress-bar fragments, warnings written to stderr.
+NOISE = re.compile(r'/root/|/tmp/|/home/|/work/|site-packages|\d+%\|[^\n|]{0,40}\||\d+(\.\d+)?(it|s)/(s|it)\]|'
+                   r'\bTqdmWarning\b|\bFutureWarning\b|\bUserWarning\b|\bDeprecationWarning\b|\[WARNING\]')
+
+
+@pytest.mark.parametrize('nb', course_notebooks(), ids=lambda p: p.stem)
+def test_outputs_carry_no_machine_noise(site, browser, nb):
+    page, _ = _open(browser, f'{site}/{nb.stem}.html')
+    outputs = page.locator('div.cell_output').all_inner_texts()
+    page.close()
+    hits = [m.group(0) + ' in: ' + o[max(0, m.start() - 60):m.end() + 20] for o in outputs for m in [NOISE.search(o)] if m]
+    assert not hits, f'{nb.stem}: {hits[:3]}'
+
+
+def test_noise_is_seen():
+    "The pattern itself: each kind of noise is caught, a clean output is not."
+    for bad in ['loaded from /root/.cache/x', 'copied to /tmp/tmpab/x.yaml', 'train:  50%|█████     | 3/6 [00:00<00:00,  5.08it/s]',
+                '/work/main/.venv/lib/python3.11/site-packages/tqdm/auto.py:21: TqdmWarning: IProgress not found',
+                '[2026-12-02 03:17:53,568] [WARNING] [real_accelerator.py:213:get_accelerator] Setting accelerator to CPU']:
+        assert NOISE.search(bad), bad
+    assert not NOISE.search('copied to <tmp>/tmpab/x.yaml\n88 samples: 88 kept; utilisation 94.56% | rows 27')
+
+
+def test_exercises_are_graded_with_folded_solutions(site, browser):
+    from learnft.exercises import exercises
+    page, failures = _open(browser, f'{site}/05_lora.html')
+    section = page.locator('section#exercises')
+    folded = section.locator('details.hide.above-input')
+    assert folded.count() == len(exercises('05')) >= 3
+    assert not page.evaluate("Array.from(document.querySelectorAll('section#exercises details')).some(d => d.open)"), 'a solution is open'
+    code = folded.first.locator('div.cell_input')
+    assert not code.is_visible()
+    verdicts = section.locator('div.cell_output').all_inner_texts()
+    assert sum(v.strip().startswith('✓ 05.') for v in verdicts) == len(exercises('05'))
+    assert sum(v.strip().startswith('… 05.') for v in verdicts) == len(exercises('05'))   # the learner's empty cells
+    folded.first.locator('summary').click()
+    assert code.is_visible() and 'def lora_forward' in code.inner_text()
+    ART.mkdir(parents=True, exist_ok=True)
+    section.screenshot(path=str(ART/'05_lora_exercises.png'))
+    assert not failures, failures
+    page.close()

@@ -22,6 +22,8 @@ copyright = "2026 onwards, learnft developers"
 extensions = ["myst_nb"]
 nb_execution_mode = "off"          # notebooks keep their saved outputs; CI runs them in nbdev_test
 nb_render_markdown_format = "myst"
+nb_code_prompt_show = "Show the solution"   # the only folded inputs are the exercises' solutions (`#| code-fold: true`)
+nb_code_prompt_hide = "Hide the solution"
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "html_image"]
 html_theme = "sphinx_book_theme"
 html_title = "learnft"
@@ -95,6 +97,7 @@ def convert_notebook(nb, toc=None):
         tags = list(cell.get('metadata', {}).get('tags', []))
         if str(opts.get('echo', '')).lower() == 'false': tags.append('remove-input')
         if str(opts.get('output', '')).lower() == 'false': tags.append('remove-output')
+        if str(opts.get('code-fold', '')).lower() == 'true': tags.append('hide-input')   # a folded solution: shown on a click
         if not code.strip() and not cell.get('outputs'): continue
         out.append({**cell, 'source': code, 'metadata': {**cell.get('metadata', {}), 'tags': tags}})
     if toc:

@@ -3,6 +3,7 @@
 
     .venv/bin/python tools/execute_lesson.py nbs/06_quantization.ipynb [nbs/07_qlora.ipynb ...]
     .venv/bin/nbdev_clean                                   # then, as after any edit
+    .venv/bin/python tools/execute_lesson.py --section Exercises nbs/0*.ipynb   # only that `## ` section, in a fresh kernel
 
 The `show_doc` cells are then re-rendered from the library by `tools/refresh_show_doc.py` (the form tests/test_api.py checks).
 
@@ -38,13 +39,24 @@ def quiet(outputs: list) -> list:
     return kept
 
 
-def execute(path: Path):
+def in_section(cells, title: str) -> set:
+    "Indices of the cells under the `## {title}` heading, up to the next `## ` heading (a self-contained section)."
+    out, inside = set(), False
+    for i, c in enumerate(cells):
+        if c.cell_type == 'markdown' and c.source.startswith('## '): inside = c.source[3:].split('\n')[0].strip() == title
+        if inside: out.add(i)
+    if not out: raise SystemExit(f'no section "## {title}" in this notebook')
+    return out
+
+
+def execute(path: Path, section: str=None):
     nb = nbformat.read(path, as_version=4)
+    only = in_section(nb.cells, section) if section else None
     client = NotebookClient(nb, kernel_name='python3', timeout=3600, resources={'metadata': {'path': str(path.parent)}})
     t0, ran = time.time(), 0
     with client.setup_kernel():
         for i, cell in enumerate(nb.cells):
-            if cell.cell_type != 'code' or flags(cell.source) & FLAGS: continue
+            if cell.cell_type != 'code' or flags(cell.source) & FLAGS or (only is not None and i not in only): continue
             client.execute_cell(cell, i)
             cell.outputs = quiet(cell.outputs); ran += 1
     nbformat.write(nb, path)
@@ -54,4 +66,6 @@ def execute(path: Path):
 
 
 if __name__ == '__main__':
-    for p in sys.argv[1:]: execute(Path(p))
+    args, section = sys.argv[1:], None
+    if args[:1] == ['--section']: section, args = args[1], args[2:]
+    for p in args: execute(Path(p), section)

@@ -1,0 +1,97 @@
+"""The graders of `learnft.exercises` can fail: each one is fed a typical wrong answer and must name the mistake.
+
+The solutions themselves run in the lessons (folded cells after each exercise), which `nbdev_test` executes in CI."""
+import math
+import re
+
+import pytest
+import torch
+
+from learnft import exercises as ex
+from learnft.exercises import ExerciseFailed, check
+
+
+def _wrong_params(config):            # counts the tied head twice
+    h, L, V = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    hd = config.head_dim
+    q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
+    return 2 * V * h + L * (2 * h * q + 2 * h * kv + 3 * h * config.intermediate_size + 2 * h) + h
+
+def _agent_without_results(generate, question, registry, max_steps=4):
+    messages = [{'role': 'user', 'content': question}]
+    for _ in range(max_steps):
+        text = generate(messages)
+        if '<tool_call>' not in text: return text
+        messages.append({'role': 'assistant', 'content': text})      # forgets to run the tool
+    return None
+
+WRONG = {
+    ('00', 1): (_wrong_params, 'count it once'),
+    ('00', 2): (lambda w, blocksize=32: torch.full((w.numel() // blocksize,), blocksize), 'distinct values, you counted 32'),
+    ('00', 3): (lambda model, ids, n, eos: model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n,
+                                                          pad_token_id=0)[0, len(ids):].tolist(), 'EOS'),
+    ('01', 1): (lambda msgs, add_generation_prompt=False: ''.join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in msgs),
+                'differ at character 12'),
+    ('01', 2): (lambda: ('smollm2', None), 'choose one of'),
+    ('01', 3): (lambda text, stops: text.split(stops[0])[0] if stops else text, 'stop words'),
+    ('02', 1): (lambda row: [{'role': 'user', 'content': row['instruction'] + '\n' + row['input']},
+                             {'role': 'assistant', 'content': row['output']}], 'row 0'),
+    ('02', 2): (lambda row: [{'role': {'human': 'user', 'gpt': 'assistant'}.get(t['from'], t['from']), 'content': t['value']}
+                             for t in row['conversations']], "robot"),
+    ('02', 3): (lambda row: 'alpaca' if 'instruction' in row else 'pretrain', 'result should be'),
+    ('03', 1): (lambda example, tok, L: __import__('learnft.encode', fromlist=['encode']).encode(example, tok, L + 1), 'max_length=12'),
+    ('03', 2): (lambda logits, labels: torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                                         ignore_index=-100), 'the loss differs'),
+    ('03', 3): (lambda example, tok, L: __import__('learnft.encode', fromlist=['encode']).encode(example, tok, L)['labels'], 'labels is wrong'),
+    ('04', 1): (lambda lens, L: [[i] for i in range(len(lens))], 'bins, you made'),
+    ('04', 2): (lambda seq_lens, length: list(range(length)), 'position ids is wrong'),
+    ('04', 3): (lambda seq_lens, length: torch.ones(length, length, dtype=torch.bool).tril(), 'may not attend'),
+    ('05', 1): (lambda x, W0, b, A, B, alpha, r: x @ W0.T + (0 if b is None else b) + alpha * (x @ A.T) @ B.T, 'h differs'),
+    ('05', 2): (lambda alpha, r: alpha / r, "plain LoRA's alpha/r"),
+    ('05', 3): (lambda W0, A, B, scaling: W0 + B @ A, 'against the unmerged layer'),
+    ('06', 1): (lambda x, cb, bs: (torch.zeros(x.numel(), dtype=torch.long), x.reshape(-1, bs).abs().amax(1)), 'should be code'),
+    ('06', 2): (lambda codes: ((codes[1::2] << 4) | codes[0::2]).to(torch.uint8), 'the bytes is wrong'),
+    ('06', 3): (lambda x, bs: x.reshape(-1, bs).div(x.reshape(-1, bs).abs().amax(1, keepdim=True)).mul(7).round().div(7)
+                .mul(x.reshape(-1, bs).abs().amax(1, keepdim=True)).reshape(x.shape), 'minimum to its maximum'),
+    ('06', 4): (lambda bs, dq, nbs=256: 4 + 32 / bs, 'double_quant=True'),
+    ('07', 1): (lambda x, layer: layer.base_layer(x), 'the output differs'),
+    ('07', 2): (lambda n, nl, nlora: n * 0.5 + 16 * nlora, 'GiB'),
+    ('07', 3): (lambda model: [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)], 'lengths differ'),
+    ('08', 1): (lambda psi, n_d, stage, k=12: 16 * psi / n_d, 'stage 0'),
+    ('08', 2): (lambda numel, world, rank: (rank * numel // world, (rank + 1) * numel // world), '(start, stop)'),
+    ('08', 3): (lambda psi, n_d, gb=2, pb=2: 2 * psi * gb, 'reduce-scatter'),
+    ('09', 1): (lambda value, unit_from, unit_to: str(value), 'should say'),
+    ('09', 2): (lambda text: [], 'the calls'),
+    ('09', 3): (_agent_without_results, 'time(s)'),
+    ('10', 1): (lambda k, n, z=1.96: (k / n - z * math.sqrt(k / n * (1 - k / n) / n), k / n + z * math.sqrt(k / n * (1 - k / n) / n)), '23/24'),
+    ('10', 2): (lambda: ['lora.r=8', 'optim.lr=2e-4'], 'quantization.bits'),
+    ('10', 3): (lambda reply, name, author: name.lower() in reply.lower(), 'should be False'),
+}
+
+
+def test_every_exercise_has_a_wrong_answer_here():
+    assert set(WRONG) == set(ex.EXERCISES), set(ex.EXERCISES) ^ set(WRONG)
+
+
+@pytest.mark.parametrize('key', sorted(WRONG), ids=lambda k: f'{k[0]}.{k[1]}')
+def test_a_wrong_answer_is_named(key):
+    fn, words = WRONG[key]
+    with pytest.raises(ExerciseFailed, match=re.escape(words)) as e:
+        check(*key, fn)
+    assert str(e.value).startswith(f'{key[0]}.{key[1]} ')
+
+
+def test_not_attempted_and_errors():
+    def stub(*args): raise NotImplementedError
+    assert not check('05', 2, stub) and repr(check('05', 2, stub)).startswith('… 05.2')
+    with pytest.raises(ExerciseFailed, match='your function raised ZeroDivisionError'):
+        check('05', 2, lambda alpha, r: 1 / 0)
+    with pytest.raises(KeyError, match='lesson 05 has exercises'): check(5, 9, stub)
+    with pytest.raises(KeyError, match='no exercises for lesson'): check('77', 1, stub)
+    assert ex.get_exercise('01_chat_templates', 1) is ex.get_exercise(1, 1)
+
+
+def test_every_lesson_has_three_exercises():
+    lessons = {l for l, _ in ex.EXERCISES}
+    assert lessons >= {f'{i:02d}' for i in range(11)}
+    assert all(len(ex.exercises(l)) >= 3 for l in lessons)

@@ -65,6 +65,10 @@ def _cmd_chat(a):
     for f in check_template(tok, a.template):           # the templates lesson's doctor runs first
         if f.severity == 'error' or f.check == 'mismatch':  # mismatch: --template is not the layout this model was trained in
             print(f'warning: {f}', file=sys.stderr)
+    from learnft.chat import sampling_kwargs, plugin_registry
+    sampling = dict(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, repetition_penalty=a.repetition_penalty, seed=a.seed)
+    sampling_kwargs(**sampling)                           # bad values are refused before the first question
+    registry = plugin_registry(a.with_plugins) if a.with_plugins else None
     prompts = [a.prompt] if a.prompt is not None else None
     interactive = prompts is None and sys.stdin.isatty()
     history = []
@@ -82,9 +86,21 @@ def _cmd_chat(a):
         msgs = (history if not a.no_history else []) + [{'role': 'user', 'content': q}]
         if not interactive: print(f'user >>> {q}')
         print('assistant >>> ', end='', flush=True)
-        r = generate(model, tok, a.template, msgs, system=a.system, max_new_tokens=a.max_new_tokens, stream=sys.stdout)
+        if registry is not None: history = _answer_with_tools(model, tok, msgs, registry, a, sampling); continue
+        r = generate(model, tok, a.template, msgs, system=a.system, max_new_tokens=a.max_new_tokens, stream=sys.stdout, **sampling)
         print(f'[{r["new_tokens"]} tokens, {r["tokens_per_s"]:.1f} tokens/s]', file=sys.stderr)
         history = msgs + [{'role': 'assistant', 'content': r['reply']}]
+
+def _answer_with_tools(model, tok, msgs, registry, a, sampling) -> list:
+    "One answer through the agent loop: each tool call and its result shown, then the answer; the history to continue from."
+    from learnft.chat import chat_with_tools
+    if a.system: msgs = [{'role': 'system', 'content': a.system}] + [m for m in msgs if m['role'] != 'system']
+    r = chat_with_tools(model, tok, msgs, registry, max_new_tokens=a.max_new_tokens, **sampling)
+    for t in r['trace']:
+        if t['event'] == 'tool': print(f"\n  [tool] {t['text']}", end='')
+        elif t['event'] in ('bad_call', 'max_steps'): print(f"\n  [{t['event']}] {t['text']}", end='')
+    print(f"\n{r['answer'] if r['answer'] is not None else '(no answer: ' + r['stopped'] + ')'}", flush=True)
+    return [m for m in r['messages'] if m['role'] in ('system', 'user', 'assistant') and not m.get('tool_calls')]
 
 def _cfg_options(s):
     s.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
@@ -121,8 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--template', default=None, help="对话模版 name from learnft.templates; default: the model's (or adapter's) own chat_template, the layout it was trained in")
     s.add_argument('--system'); s.add_argument('--bits', type=int, choices=[4, 16, 32], default=32)
     s.add_argument('--prompt', help='answer this one prompt and exit'); s.add_argument('--max-new-tokens', type=int, default=128)
-    s.add_argument('--no-history', action='store_true', help='answer each line on its own'); s.set_defaults(fn=_cmd_chat)
+    s.add_argument('--no-history', action='store_true', help='answer each line on its own'); _sampling(s)
+    s.add_argument('--with-plugins', nargs='+', metavar='TOOL', help="let the model call lesson 09's safe tools: calculate solve search (XTuner's --with-plugins)")
+    s.set_defaults(fn=_cmd_chat)
     return p
+
+def _sampling(s):
+    g = s.add_argument_group('sampling (greedy unless --temperature > 0)')
+    g.add_argument('--temperature', type=float, default=0.0, help='0 (default): greedy; > 0: sample, higher is more varied')
+    g.add_argument('--top-p', type=float, default=1.0, help='nucleus sampling: keep the smallest set of tokens with this much probability')
+    g.add_argument('--top-k', type=int, default=0, help='keep only the k most likely tokens (0: off)')
+    g.add_argument('--repetition-penalty', type=float, default=1.0, help='> 1 discourages repeating tokens (1: off)')
+    g.add_argument('--seed', type=int, help='repeat a sampled answer exactly')
 
 def main(argv=None):
     "Entry point of the `learnft` console script."
@@ -131,7 +157,7 @@ def main(argv=None):
     a = build_parser().parse_args(argv)
     a.argv = list(sys.argv[1:] if argv is None else argv)
     try: a.fn(a)
-    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError) as e:
+    except (ValueError, ArithmeticError, FileNotFoundError, FileExistsError, NotImplementedError) as e:
         print(f'learnft {a.cmd}: error: {e}', file=sys.stderr); sys.exit(2)
 
 

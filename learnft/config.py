@@ -32,6 +32,7 @@ CONFIG_SCHEMA = {
              'sources': ([], ANY_LIST),                   # a mix instead: entries with builder (+ builder_args) or path, format, repeats
              'max_dataset_length': (None, ANY_INT),       # XTuner's: at most this many rows of each source (a seeded random subset)
              'shuffle_before_pack': (True, ANY_BOOL),     # XTuner's: shuffle the samples (train.seed) before packing them into rows
+             'on_bad_rows': ('drop', ('drop', 'error')),  # a row the format cannot map: dropped, counted and reported — or stop at it
              'val_size': (0, ANY_FLOAT),                  # held-out conversations for a validation loss: a share (< 1) or a count (>= 1)
              'max_length': (128, ANY_INT),
              'pack_to_max_length': (True, ANY_BOOL),
@@ -42,7 +43,9 @@ CONFIG_SCHEMA = {
                      'double_quant': (True, ANY_BOOL),
                      'compute_dtype': ('float32', ('float32', 'bfloat16'))},
     'lora': {'r': (16, ANY_INT), 'lora_alpha': (32, ANY_FLOAT), 'lora_dropout': (0.05, ANY_FLOAT),   # peft's and XTuner's names
-             'target_modules': ('all-linear', ANY_LIST + '|all-linear')},
+             'target_modules': ('all-linear', ANY_LIST + '|all-linear'),
+             'use_rslora': (False, ANY_BOOL),             # peft's: scaling alpha/sqrt(r) instead of alpha/r (lesson 05)
+             'use_dora': (False, ANY_BOOL)},              # peft's DoRA: a learned magnitude per output beside the LoRA direction
     'optim': {'lr': (2e-4, ANY_FLOAT), 'weight_decay': (0.0, ANY_FLOAT), 'betas': ([0.9, 0.999], ANY_LIST),
               'max_norm': (1.0, ANY_FLOAT), 'scheduler': ('cosine', ('cosine', 'linear', 'constant')),
               'warmup_ratio': (0.03, ANY_FLOAT)},

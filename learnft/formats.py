@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['TURN_DEFAULTS', 'SHAREGPT_ROLES', 'MAP_FNS', 'DataError', 'DropRow', 'make_turn', 'get_field', 'alpaca_map',
-           'openai_map', 'sharegpt_map', 'oasst_map', 'pretrain_map', 'xtuner_map', 'detect_format', 'load_rows',
-           'MapReport', 'to_conversations', 'as_xtuner_template', 'template_map']
+           'openai_map', 'sharegpt_map', 'oasst_map', 'pretrain_map', 'xtuner_map', 'detect_format', 'read_json_rows',
+           'load_rows', 'MapReport', 'to_conversations', 'as_xtuner_template', 'template_map']
 
 # %% ../nbs/02_datasets.ipynb #ff9acbdc
 import functools, json
@@ -148,6 +148,39 @@ def detect_format(row: dict) -> str:
                     "'messages' (openai), 'conversations' (sharegpt), 'instruction'+'output' (alpaca) or 'text'")
 
 # %% ../nbs/02_datasets.ipynb #7f85af10
+def read_json_rows(path) -> list:
+    "The rows of a `.json` array or a JSON-lines file; a `DataError` names the file, line and column of the first malformed one."
+    p = Path(path)
+    text = p.read_text(encoding='utf-8')
+    if text.lstrip().startswith('['):             # one JSON array of rows
+        try: rows = json.loads(text)
+        except json.JSONDecodeError as e: raise DataError(f"{p}, line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})") from None
+        bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
+        if bad is not None: raise DataError(f"{p}: row {bad} of the array is {type(rows[bad]).__name__}, expected a JSON object")
+        return rows
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):   # JSON lines: one object per line
+        if not line.strip(): continue
+        try: row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p}, line {n}, column {e.colno}: not valid JSON ({e.msg}): {line.strip()[:60]!r}") from None
+        if not isinstance(row, dict): raise DataError(f"{p}, line {n}: expected a JSON object (one row), got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+def _mixed_type_errors(rows: list) -> list:
+    "Per row, what is wrong with a top-level field whose type differs from the other rows' (Arrow needs one type per column)."
+    errs = [''] * len(rows)
+    for key in dict.fromkeys(k for r in rows for k in r):
+        kinds = Counter(type(r[key]).__name__ for r in rows if r.get(key) is not None)
+        if len(kinds) < 2: continue
+        want = kinds.most_common(1)[0][0]
+        for i, r in enumerate(rows):
+            v = r.get(key)
+            if v is not None and type(v).__name__ != want and not errs[i]:
+                errs[i] = f"field {key!r} should be {want}, got {type(v).__name__} {v!r:.60}"; r[key] = None
+    return errs
+
 def load_rows(path, pattern: str='*.txt') -> datasets.Dataset:
     "Load `.json`/`.jsonl`/`.csv`, a `.txt` file (one document) or a folder of `pattern` files into a `Dataset`."
     p = Path(path)
@@ -157,7 +190,16 @@ def load_rows(path, pattern: str='*.txt') -> datasets.Dataset:
         return datasets.Dataset.from_dict({'text': [f.read_text(encoding='utf-8') for f in files], 'file': [f.name for f in files]})
     if not p.exists(): raise FileNotFoundError(p)
     suf = p.suffix.lower()
-    if suf in ('.json', '.jsonl'): return datasets.Dataset.from_json(str(p))
+    if suf in ('.json', '.jsonl'):
+        rows = read_json_rows(p)
+        errs = _mixed_type_errors(rows)
+        if any(errs):        # datasets would make such a column JSON and turn the string "1" into the number 1: keep the rows' own values
+            return datasets.Dataset.from_list(rows).add_column('_load_error', errs)
+        try: return datasets.Dataset.from_json(str(p))
+        except datasets.exceptions.DatasetGenerationError as e:    # valid JSON, but the rows disagree on a field's type
+            cause = e.__cause__ or e
+            raise DataError(f"{p}: the rows do not share one type per field ({type(cause).__name__}: {str(cause)[:200]}); "
+                            "make each field the same type in every row (e.g. strings, not a number in one row)") from None
     if suf == '.csv': return datasets.Dataset.from_csv(str(p), keep_default_na=False)
     if suf == '.txt': return datasets.Dataset.from_dict({'text': [p.read_text(encoding='utf-8')], 'file': [p.name]})
     raise DataError(f"{p}: unsupported file type {suf!r}; expected .json, .jsonl, .csv, .txt or a folder of .txt files")
@@ -170,35 +212,47 @@ class MapReport:
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
     notes: Counter = field(default_factory=Counter)
+    bad_rows: list = field(default_factory=list)     # the first few rows the format could not map, with why
     def __repr__(self):
         lines = [f"{self.total} rows read, {self.kept} kept, {sum(self.dropped.values())} dropped"]
         lines += [f"  dropped {n}: {r}" for r, n in self.dropped.most_common()]
+        lines += [f"    e.g. {b}" for b in self.bad_rows]
         lines += [f"  note {n}: {r}" for r, n in self.notes.most_common()]
         return '\n'.join(lines)
 
-def _map_batch(batch, idxs, fn):
-    out = {'conversation': [], 'row': [], '_drop': [], '_note': []}
+def _map_batch(batch, idxs, fn, on_bad_rows='error'):
+    out = {'conversation': [], 'row': [], '_drop': [], '_note': [], '_bad': []}
     for j, idx in enumerate(idxs):
         row = {k: v[j] for k, v in batch.items()}
-        try: r = fn(row, idx); drop = ''
+        bad = ''
+        try:
+            if row.pop('_load_error', ''): raise DataError(f"row {idx}: {batch['_load_error'][j]}")
+            r = fn(row, idx); drop = ''
         except DropRow as e: r, drop = {'conversation': []}, str(e)
+        except DataError as e:                   # a row the format cannot map
+            if on_bad_rows == 'error': raise
+            r, drop, bad = {'conversation': []}, 'the format cannot map it', str(e)
         out['conversation'].append(r['conversation']); out['row'].append(idx)
-        out['_drop'].append(drop); out['_note'].append(r.get('note', ''))
+        out['_drop'].append(drop); out['_note'].append(r.get('note', '')); out['_bad'].append(bad)
     return out
 
-def to_conversations(ds: datasets.Dataset, fmt: str=None, num_proc: int=None, verbose: bool=True, xtuner_newline: bool=True):
-    "Map every row of `ds` to XTuner's schema (format detected from the first row unless `fmt`); returns `(ds, MapReport)`. `xtuner_newline`: see `alpaca_map`."
+def to_conversations(ds: datasets.Dataset, fmt: str=None, num_proc: int=None, verbose: bool=True, xtuner_newline: bool=True,
+                     on_bad_rows: str='error'):
+    """Map every row of `ds` to XTuner's schema (format detected from the first row unless `fmt`); returns `(ds, MapReport)`.
+    `xtuner_newline`: see `alpaca_map`. `on_bad_rows='drop'`: a row the format cannot map is dropped and counted, the first
+    three reported with why; `'error'`: the first one stops the mapping with that message."""
+    if on_bad_rows not in ('drop', 'error'): raise ValueError(f"on_bad_rows should be 'drop' or 'error', got {on_bad_rows!r}")
     if len(ds) == 0: raise DataError('the dataset has no rows')
     fmt = fmt or detect_format(ds[0])
     if fmt not in MAP_FNS: raise DataError(f"unknown format {fmt!r}; expected one of {sorted(MAP_FNS)}")
     fn = MAP_FNS[fmt] if xtuner_newline or fmt != 'alpaca' else functools.partial(alpaca_map, xtuner_newline=False)
-    ds = ds.map(_map_batch, batched=True, with_indices=True, fn_kwargs={'fn': fn},
+    ds = ds.map(_map_batch, batched=True, with_indices=True, fn_kwargs={'fn': fn, 'on_bad_rows': on_bad_rows},
                 remove_columns=ds.column_names, num_proc=num_proc, desc=f'{fmt} -> conversation')
     drops, notes = ds['_drop'], ds['_note']
     rep = MapReport(total=len(ds), dropped=Counter(d for d in drops if d),
-                    notes=Counter(n for ns in notes if ns for n in ns.split('; ')))
+                    notes=Counter(n for ns in notes if ns for n in ns.split('; ')), bad_rows=[b for b in ds['_bad'] if b][:3])
     keep = [i for i, d in enumerate(drops) if not d]
-    ds = ds.select(keep).remove_columns(['_drop', '_note'])
+    ds = ds.select(keep).remove_columns(['_drop', '_note', '_bad'])
     rep.kept = len(ds)
     if verbose: print(f'{fmt}: {rep}')
     return ds, rep

@@ -6,7 +6,7 @@
 __all__ = ['raw_rows', 'conversations', 'served_chat_template', 'validation_split', 'build_dataset', 'collate',
            'resolve_model_path', 'load_model', 'add_lora', 'batch_indices', 'total_steps', 'make_optimizer',
            'PlainStepper', 'DeepSpeedStepper', 'optimizer_step', 'validation_loss', 'plot_loss', 'read_log', 'train',
-           'run_eval_prompts']
+           'TrainingDiverged', 'RunLog', 'run_eval_prompts']
 
 # %% ../nbs/10d_trainer.ipynb #c34336f8
 import contextlib, json, math, os, random, sys, time, warnings
@@ -53,7 +53,7 @@ def conversations(cfg: dict, verbose: bool=True):
         if len(set(kinds.values())) > 1:
             raise DataError(f"config key {where!r}: format {fmt!r} gives {kinds[where]}, but {next(iter(kinds))!r} gives "
                             f"{kinds[next(iter(kinds))]}: a mix is either all 增量预训练 text or all conversations")
-        conv, mrep = to_conversations(ds, fmt, verbose=verbose, xtuner_newline=style == 'xtuner')
+        conv, mrep = to_conversations(ds, fmt, verbose=verbose, xtuner_newline=style == 'xtuner', on_bad_rows=d['on_bad_rows'])
         if mrep.kept == 0: raise DataError(f"config key {where!r}: no usable rows ({mrep!r})")
         if d['max_dataset_length'] is not None:
             if d['max_dataset_length'] >= len(conv):
@@ -153,10 +153,11 @@ def load_model(path, bits: int=32, quant_type: str='nf4', double_quant: bool=Tru
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
 def add_lora(model, lora: dict):
-    "Wrap `model` with peft LoRA adapters from the config's `lora` section."
+    "Wrap `model` with peft LoRA adapters from the config's `lora` section (`use_rslora`: alpha/√r, lesson 05; `use_dora`: peft's DoRA)."
     from peft import LoraConfig, get_peft_model
     return get_peft_model(model, LoraConfig(r=lora['r'], lora_alpha=lora['lora_alpha'], lora_dropout=lora['lora_dropout'],
-                                            target_modules=lora['target_modules'], task_type='CAUSAL_LM'))
+                                            target_modules=lora['target_modules'], use_rslora=lora['use_rslora'],
+                                            use_dora=lora['use_dora'], task_type='CAUSAL_LM'))
 
 # %% ../nbs/10d_trainer.ipynb #4be74617
 def batch_indices(n_rows: int, step: int, batch_size: int, accumulative_counts: int, seed: int) -> list:
@@ -187,20 +188,30 @@ def make_optimizer(model, cfg: dict, steps: int):
 # %% ../nbs/10d_trainer.ipynb #d84e75d1
 class PlainStepper:
     "One process: each micro-batch's loss, divided by their number, is back-propagated; then clip, AdamW, schedule, zero."
+    can_skip = True                              # a micro-batch without a trained token can be left out of the mean
     def __init__(self, model, opt, sched, max_norm: float, device):
         self.model, self.opt, self.sched, self.max_norm, self.device = model, opt, sched, max_norm, device
+        self.grad_norm, self.skipped = None, 0
     def forward(self, batch): return self.model(**batch).loss
     def backward(self, loss, n_micro: int): (loss / n_micro).backward()
     def step(self):
-        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.max_norm)
+        self.grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.max_norm))
+        if not math.isfinite(self.grad_norm):        # refuse it before AdamW writes NaN into every adapter weight
+            self.opt.zero_grad(set_to_none=True)
+            raise FloatingPointError(f'the gradient norm is {self.grad_norm}')
         self.opt.step(); self.sched.step(); self.opt.zero_grad(set_to_none=True)
     def reduce(self, loss: float, tokens: int) -> tuple: return loss, tokens
 
 class DeepSpeedStepper:
     "A rank of a ZeRO-2 run: DeepSpeed's engine divides by the accumulation, averages gradients, clips and steps at its boundary."
-    def __init__(self, engine, world: int, device): self.engine, self.world, self.device = engine, world, device
+    can_skip = False                             # the engine counts micro-batches to find its accumulation boundary
+    def __init__(self, engine, world: int, device):
+        self.engine, self.world, self.device, self.grad_norm, self.skipped = engine, world, device, None, 0
     def forward(self, batch): return self.engine(**batch).loss
-    def backward(self, loss, n_micro: int): self.engine.backward(loss); self.engine.step()
+    def backward(self, loss, n_micro: int):
+        self.engine.backward(loss); self.engine.step()
+        g = self.engine.get_global_grad_norm()     # of the last optimizer step (DeepSpeed computes it when it clips)
+        self.grad_norm = None if g is None else float(g)
     def step(self): pass                         # done by engine.step() after the last micro-batch
     def reduce(self, loss: float, tokens: int) -> tuple:
         import torch.distributed as dist
@@ -208,17 +219,26 @@ class DeepSpeedStepper:
         return s[0].item() / self.world, int(s[1].item())
 
 def optimizer_step(stepper, micro: list, make_batch, amp=contextlib.nullcontext) -> tuple:
-    "One optimizer step over `micro` (the row indices of each micro-batch; `make_batch` builds one): `(mean loss, trained tokens)` over all ranks."
+    """One optimizer step over `micro` (the row indices of each micro-batch; `make_batch` builds one): `(mean loss, trained tokens)`
+    over all ranks. A micro-batch with no trained token is skipped and counted (`stepper.skipped`): its loss would be 0/0; a
+    step left with none returns `(None, 0)`. A non-finite loss or gradient norm raises `FloatingPointError` before any update."""
+    batches = [make_batch(idx) for idx in micro]
+    if stepper.can_skip:
+        kept = [b for b in batches if (b['labels'][:, 1:] != IGNORE_INDEX).any()]   # the loss shifts by one token
+        stepper.skipped += len(batches) - len(kept); batches = kept
+        if not batches: return None, 0
     loss_sum, tokens = 0.0, 0
-    for idx in micro:                            # gradient accumulation (梯度累积): gradients add up over the micro-batches
-        b = make_batch(idx)
+    for b in batches:                            # gradient accumulation (梯度累积): gradients add up over the micro-batches
         tokens += int((b['labels'] != IGNORE_INDEX).sum())                     # counted on the CPU: no GPU sync
         b = {k: v.to(stepper.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
         with amp(): loss = stepper.forward(b)    # only the loss is kept: the logits go at once
-        stepper.backward(loss, len(micro))
-        loss_sum += loss.item() / len(micro)
+        value = loss.item()
+        if not math.isfinite(value): raise FloatingPointError(f'the loss is {value}')   # before backward: nothing is updated
+        stepper.backward(loss, len(batches))
+        loss_sum += value / len(batches)
         del loss, b                              # nothing of this micro-batch lives into the next one's forward
     stepper.step()                               # clip the gradient norm, AdamW, the learning-rate schedule, zero the gradients
+    if stepper.grad_norm is not None and not math.isfinite(stepper.grad_norm): raise FloatingPointError(f'the gradient norm is {stepper.grad_norm}')
     return stepper.reduce(loss_sum, tokens)      # the mean over ranks (one process: as it is)
 
 # %% ../nbs/10d_trainer.ipynb #8164fae8
@@ -334,31 +354,63 @@ def _train(config, work_dir, resume, max_steps, verbose, deepspeed, stop_at) -> 
     mask_dtype = model.get_input_embeddings().weight.dtype     # the activations' dtype: a float32 mask with bf16 queries gives NaN on CUDA
     make_batch = lambda idx: collate([rows[i] for i in idx], pad, varlen, mask_dtype)
     amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t['mixed_precision'] == 'bf16' else contextlib.nullcontext
-    validate = _validator(cfg, tok, model, pad, mask_dtype, amp, work_dir, main, verbose)
+    log = RunLog(work_dir, main, start)
+    validate = _validator(cfg, tok, model, pad, mask_dtype, amp, work_dir, main, verbose, log)
     accum, t0, tokens = t['accumulative_counts'], time.time(), 0
     bar = tqdm(range(start, steps), initial=start, total=steps, desc='train', file=sys.stdout,
                disable=not verbose or os.environ.get('TQDM_DISABLE', '') not in ('', '0'))   # tqdm's own switch, honoured
     for step in bar:
         ts, lr = time.time(), sched.get_last_lr()[0]
         micro = batch_indices(len(rows), step, t['batch_size'], accum * world, t['seed'])[rank * accum:(rank + 1) * accum]
-        loss, ntok = optimizer_step(stepper, micro, make_batch, amp)
+        loss, ntok = _guarded_step(stepper, micro, make_batch, amp, step + 1, work_dir, log)
         tokens += ntok
-        if main:
-            rec = {'step': step + 1, 'loss': round(loss, 6), 'lr': lr, 'tokens': ntok, 'seconds': round(time.time() - ts, 3)}
-            with open(work_dir/'loss_log.jsonl', 'a') as f: f.write(json.dumps(rec) + '\n')
-        bar.set_postfix(loss=f'{loss:.3f}')
+        if loss is not None:
+            log.step(step + 1, loss, lr, stepper.grad_norm, ntok, time.time() - ts); bar.set_postfix(loss=f'{loss:.3f}')
         if (step + 1) % t['save_steps'] == 0 or step + 1 == steps:
             validate(step + 1)
             save_checkpoint(work_dir, step + 1, model, opt, sched, t['save_total_limit'], engine, tokenizer=tok)
         if main and cfg['eval']['every_steps'] and (step + 1) % cfg['eval']['every_steps'] == 0: run_eval_prompts(model, tok, cfg, work_dir, step + 1)
         if stop_at is not None and step + 1 >= stop_at:
             if verbose: print(f'stopped after step {step + 1} (simulated interruption)')
-            return {'work_dir': str(work_dir), 'steps_run': step + 1 - start, 'interrupted': True}
+            log.close(); return {'work_dir': str(work_dir), 'steps_run': step + 1 - start, 'interrupted': True}
+    log.close()
     summary = {'work_dir': str(work_dir), 'base': str(base), 'adapter': str(work_dir/'adapter'), 'steps': steps, 'steps_run': steps - start,
-               'rows': len(rows), 'world_size': world}
+               'rows': len(rows), 'world_size': world, 'skipped_micro_batches': stepper.skipped}
     return _finish(summary, time.time() - t0, tokens, model, tok, cfg, device, engine, main, verbose)
 
-def _validator(cfg: dict, tok, model, pad: int, mask_dtype, amp, work_dir: Path, main: bool, verbose: bool):
+class TrainingDiverged(FloatingPointError):
+    "A non-finite loss or gradient norm: the run stops before the update; the checkpoints already written stay as they are."
+
+def _guarded_step(stepper, micro: list, make_batch, amp, step: int, work_dir: Path, log) -> tuple:
+    "`optimizer_step`, or `TrainingDiverged` naming the step, what was not finite and the last good checkpoint."
+    try: return optimizer_step(stepper, micro, make_batch, amp)
+    except FloatingPointError as e:
+        log.close()
+        cps = checkpoints(work_dir)
+        last = f'{display_path(cps[-1])} (continue from it with --resume)' if cps else 'none: no checkpoint was written before it'
+        raise TrainingDiverged(f"step {step}: {e}, so training stopped. The last good checkpoint is {last}. "
+                               "Lower optim.lr, raise optim.warmup_ratio or keep optim.max_norm set") from None
+
+class RunLog:
+    "Rank 0's record of a run, one line per step: `loss_log.jsonl`, and TensorBoard event files in `work_dir/tensorboard`."
+    def __init__(self, work_dir: Path, main: bool, start: int=0):
+        self.path, self.tb = Path(work_dir)/'loss_log.jsonl', None
+        if main:
+            from torch.utils.tensorboard import SummaryWriter   # purge_step: a resumed run drops the events after its checkpoint
+            self.tb = SummaryWriter(str(Path(work_dir)/'tensorboard'), purge_step=start + 1 if start else None)
+    def step(self, step: int, loss: float, lr: float, grad_norm, tokens: int, seconds: float):
+        if self.tb is None: return
+        rec = {'step': step, 'loss': round(loss, 6), 'lr': lr, 'grad_norm': None if grad_norm is None else round(grad_norm, 6),
+               'tokens': tokens, 'seconds': round(seconds, 3), 'tokens_per_s': round(tokens / max(seconds, 1e-9), 1)}
+        with open(self.path, 'a') as f: f.write(json.dumps(rec) + '\n')
+        for k in ('loss', 'lr', 'grad_norm', 'tokens_per_s'):
+            if rec[k] is not None: self.tb.add_scalar(f'train/{k}', rec[k], step)
+    def scalar(self, name: str, value: float, step: int):
+        if self.tb is not None: self.tb.add_scalar(name, value, step)
+    def close(self):
+        if self.tb is not None: self.tb.close()
+
+def _validator(cfg: dict, tok, model, pad: int, mask_dtype, amp, work_dir: Path, main: bool, verbose: bool, log=None):
     "`validate(step)`: the loss on the `data.val_size` held-out conversations, logged by rank 0 to `val_log.jsonl` (a no-op without them)."
     rows = build_dataset(cfg, tok, verbose=False, split='val')
     def validate(step: int):
@@ -366,6 +418,7 @@ def _validator(cfg: dict, tok, model, pad: int, mask_dtype, amp, work_dir: Path,
         vl, vt = validation_loss(model, rows, lambda idx: collate([rows[i] for i in idx], pad, mask_dtype=mask_dtype), cfg['train']['batch_size'], amp)
         if main:
             with open(work_dir/'val_log.jsonl', 'a') as f: f.write(json.dumps({'step': step, 'val_loss': round(vl, 6), 'val_tokens': vt}) + '\n')
+            if log is not None: log.scalar('val/loss', vl, step)
         if verbose: print(f'[val step {step}] loss {vl:.4f} on {vt} held-out tokens', flush=True)
     return validate
 

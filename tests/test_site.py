@@ -52,9 +52,15 @@ def _open(browser, url):
     return page, failures
 
 
+def reference_titles() -> list:
+    "The API reference pages, one per exported module, in course order after the lessons: `learnft.<module>`."
+    mods = [re.search(r'#\|\s*default_exp\s+(\w+)', p.read_text()) for p in sorted((ROOT/'nbs').glob('[0-9]*.ipynb'))]
+    return [f'learnft.{m.group(1)}' for m in mods if m]
+
+
 def test_every_lesson_is_a_page_in_course_order(site, browser):
     nbs = course_notebooks()
-    titles = [notebook_title(p) for p in nbs]
+    titles = [notebook_title(p) for p in nbs] + reference_titles()
     page, failures = _open(browser, f'{site}/index.html')
     nav = [t.strip() for t in page.locator('nav.bd-docs-nav a.reference').all_inner_texts()]
     assert nav == titles, f'sidebar {nav} != course order {titles}'
@@ -68,7 +74,7 @@ def test_page_loads_with_title_nav_images(site, browser, nb):
     title = notebook_title(nb)
     assert title in page.title(), f'{nb.stem}: page title {page.title()!r} lacks {title!r}'
     assert page.locator('h1').first.inner_text().strip().startswith(title)
-    assert page.locator('nav.bd-docs-nav a.reference').count() == len(course_notebooks())
+    assert page.locator('nav.bd-docs-nav a.reference').count() == len(course_notebooks()) + len(reference_titles())
     broken = page.evaluate('Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)')
     assert not broken, f'{nb.stem}: images that did not load: {broken}'
     if 'class="math' in (DOCS/f'{nb.stem}.html').read_text():
@@ -144,3 +150,17 @@ def test_exercises_are_graded_with_folded_solutions(site, browser):
     section.screenshot(path=str(ART/'05_lora_exercises.png'))
     assert not failures, failures
     page.close()
+
+
+def test_reference_pages_document_every_function(site, browser):
+    "Each module's page holds its functions' signatures and docstrings, and links back to its lesson."
+    import importlib, inspect
+    for title in reference_titles():
+        mod = importlib.import_module(title)
+        page, failures = _open(browser, f"{site}/api_{title.split('.')[1]}.html")
+        text = page.locator('main').inner_text()
+        funcs = [n for n in mod.__all__ if inspect.isfunction(getattr(mod, n)) and getattr(mod, n).__module__ == title]
+        missing = [n for n in funcs if n not in text]
+        assert not missing and not failures, (title, missing, failures)
+        assert page.locator('main a[href$=".html"]').count() >= 1   # the lesson that builds the module
+        page.close()

@@ -77,7 +77,39 @@ def md_output(cell):
     return None
 
 
-def convert_notebook(nb, toc=None):
+def show_doc_markdown(md: str) -> str:
+    "show_doc's markdown as a page section: no opening rule, no Quarto-only link attributes."
+    md = re.sub(r'^\s*---\s*\n', '', md)  # show_doc opens with a rule; a page section may not start with one
+    return re.sub(r'(\]\([^)]*\))\{target=[^}]*\}', r'\1', md)  # Quarto-only link attributes on show_doc's [source]
+
+
+def reference_pages(out_dir: Path) -> list:
+    """One page per module, in course order: every public function and class as `show_doc` renders it, the constants in a
+    table. The API reference lives here, apart from the lessons, which keep only the `show_doc` cells that teach."""
+    import importlib, inspect
+    sys.path.insert(0, str(ROOT/'tools'))
+    from refresh_show_doc import default_exp, render
+    pages = []
+    for nb_path in sorted((ROOT/'nbs').glob('[0-9]*.ipynb')):
+        nb = json.loads(nb_path.read_text(encoding='utf-8'))
+        mod = default_exp(nb['cells'])
+        if not mod: continue
+        m = importlib.import_module(f'learnft.{mod}')
+        doc = (m.__doc__ or '').strip().split('\n')[0]
+        parts = [f'# learnft.{mod}\n\n{doc}\n\nBuilt and explained in {{doc}}`{nb_path.stem}`.\n']
+        consts = []
+        for name in getattr(m, '__all__', []):
+            obj = getattr(m, name)
+            if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(obj, '__module__', '') == m.__name__:
+                parts.append(show_doc_markdown(render(mod, name)['text/markdown']))
+            else: consts.append(f"| `{name}` | `{type(obj).__name__}` | `{re.sub(r'[|`]', ' ', repr(obj))[:90]}` |")
+        if consts: parts.append('## Constants\n\n| name | type | value |\n|---|---|---|\n' + '\n'.join(consts))
+        (out_dir/f'api_{mod}.md').write_text('\n\n'.join(parts) + '\n', encoding='utf-8')
+        pages.append(f'api_{mod}')
+    return pages
+
+
+def convert_notebook(nb, toc=None, api=None):
     "Turn a processed notebook's Quarto conventions into myst-nb's: title, asis outputs, echo/output flags."
     fm, cells = front_matter(nb['cells'])
     title = fm.get('title') or 'Untitled'
@@ -91,8 +123,7 @@ def convert_notebook(nb, toc=None):
         opts, code = split_directives(_src(cell))
         if str(opts.get('include', '')).lower() == 'false': continue
         if opts.get('output') == 'asis' and (md := md_output(cell)) is not None:
-            md = re.sub(r'^\s*---\s*\n', '', md)  # show_doc opens with a rule; a page section may not start with one
-            md = re.sub(r'(\]\([^)]*\))\{target=[^}]*\}', r'\1', md)  # Quarto-only link attributes on show_doc's [source]
+            md = show_doc_markdown(md)
             out.append({'cell_type': 'markdown', 'metadata': {}, 'source': md}); continue
         tags = list(cell.get('metadata', {}).get('tags', []))
         if str(opts.get('echo', '')).lower() == 'false': tags.append('remove-input')
@@ -103,6 +134,9 @@ def convert_notebook(nb, toc=None):
     if toc:
         out.append({'cell_type': 'markdown', 'metadata': {},
                     'source': '```{toctree}\n:hidden:\n:maxdepth: 1\n\n' + '\n'.join(toc) + '\n```\n'})
+    if api:
+        out.append({'cell_type': 'markdown', 'metadata': {},
+                    'source': '```{toctree}\n:hidden:\n:maxdepth: 1\n:caption: API reference\n\n' + '\n'.join(api) + '\n```\n'})
     for i, c in enumerate(out): c['id'] = f'c{i:03d}'
     nb = {**nb, 'cells': out, 'nbformat': 4, 'nbformat_minor': 5}
     nb.setdefault('metadata', {})['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
@@ -141,9 +175,10 @@ def build(quiet=True):
     shutil.rmtree(SRC, ignore_errors=True); SRC.mkdir()
     nbs = sorted(PROC.glob('*.ipynb'), key=lambda p: (p.stem != 'index', p.stem))
     lessons = [p.stem for p in nbs if p.stem != 'index']
+    api = reference_pages(SRC)
     for p in nbs:
         nb = json.loads(p.read_text())
-        nb, _ = convert_notebook(nb, toc=lessons if p.stem == 'index' else None)
+        nb, _ = convert_notebook(nb, toc=lessons if p.stem == 'index' else None, api=api if p.stem == 'index' else None)
         (SRC/p.name).write_text(json.dumps(nb, indent=1))
     for f in PROC.iterdir():  # images and other files the notebooks refer to
         if f.suffix.lower() in {'.png', '.jpg', '.jpeg', '.svg', '.gif'}: shutil.copy(f, SRC/f.name)
@@ -160,7 +195,7 @@ def build(quiet=True):
     cmd = [str(BIN/'sphinx-build'), '-b', 'html', '-j', '1', str(SRC), str(OUT)] + (['-q'] if quiet else [])
     subprocess.run(cmd, cwd=ROOT, check=True)
     (OUT/'.nojekyll').touch()
-    print(f'docs: {len(nbs)} pages -> {OUT.relative_to(ROOT)}/ in {time.time()-t0:.1f}s')
+    print(f'docs: {len(nbs)} pages and {len(api)} reference pages -> {OUT.relative_to(ROOT)}/ in {time.time()-t0:.1f}s')
 
 
 if __name__ == '__main__': build(quiet='-v' not in sys.argv)

@@ -61,14 +61,14 @@ def _cmd_eval(a):
 def _cmd_chat(a):
     from learnft.chat import load_for_chat, generate
     from learnft.templates import check_template
+    from learnft.chat import sampling_kwargs, plugin_registry
+    sampling = dict(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, repetition_penalty=a.repetition_penalty, seed=a.seed)
+    sampling_kwargs(**sampling)                           # bad values are refused before the model loads
+    registry = plugin_registry(a.with_plugins) if a.with_plugins else None
     model, tok = load_for_chat(a.model, a.adapter, bits=a.bits)
     for f in check_template(tok, a.template):           # the templates lesson's doctor runs first
         if f.severity == 'error' or f.check == 'mismatch':  # mismatch: --template is not the layout this model was trained in
             print(f'warning: {f}', file=sys.stderr)
-    from learnft.chat import sampling_kwargs, plugin_registry
-    sampling = dict(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, repetition_penalty=a.repetition_penalty, seed=a.seed)
-    sampling_kwargs(**sampling)                           # bad values are refused before the first question
-    registry = plugin_registry(a.with_plugins) if a.with_plugins else None
     prompts = [a.prompt] if a.prompt is not None else None
     interactive = prompts is None and sys.stdin.isatty()
     history = []
@@ -101,6 +101,15 @@ def _answer_with_tools(model, tok, msgs, registry, a, sampling) -> list:
         elif t['event'] in ('bad_call', 'max_steps'): print(f"\n  [{t['event']}] {t['text']}", end='')
     print(f"\n{r['answer'] if r['answer'] is not None else '(no answer: ' + r['stopped'] + ')'}", flush=True)
     return [m for m in r['messages'] if m['role'] in ('system', 'user', 'assistant') and not m.get('tool_calls')]
+
+def _cmd_web(a):
+    from learnft.web import serve
+    serve(a.model, a.adapter, bits=a.bits, port=a.port, template=a.template)
+
+def _cmd_export_gguf(a):
+    from learnft.export import export_gguf
+    from learnft.models import display_path
+    print(f'GGUF ({a.dtype}) written to {display_path(export_gguf(a.model, a.out, dtype=a.dtype))}')
 
 def _cfg_options(s):
     s.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
@@ -140,6 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--no-history', action='store_true', help='answer each line on its own'); _sampling(s)
     s.add_argument('--with-plugins', nargs='+', metavar='TOOL', help="let the model call lesson 09's safe tools: calculate solve search (XTuner's --with-plugins)")
     s.set_defaults(fn=_cmd_chat)
+    s = sub.add_parser('web', help='a chat page in the browser (Gradio), served on 127.0.0.1 only; Ctrl-C stops it')
+    s.add_argument('model', help="model folder, or 'smollm2'"); s.add_argument('--adapter')
+    s.add_argument('--template', default=None, help="default: the model's (or adapter's) own chat_template")
+    s.add_argument('--bits', type=int, choices=[4, 16, 32], default=32); s.add_argument('--port', type=int, default=7860)
+    s.set_defaults(fn=_cmd_web)
+    s = sub.add_parser('export-gguf', help='write a merged Llama-family model to one GGUF file, for llama.cpp / Ollama')
+    s.add_argument('model', help='a model folder (e.g. the output of learnft merge)'); s.add_argument('out', help='the .gguf file to write')
+    s.add_argument('--dtype', choices=['f16', 'q8_0'], default='f16', help='f16 (default) or q8_0 (8-bit blocks, about half the size)')
+    s.set_defaults(fn=_cmd_export_gguf)
     return p
 
 def _sampling(s):

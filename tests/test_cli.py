@@ -346,3 +346,18 @@ def test_eval_every_checkpoint_of_a_run(trained, capsys):
     assert (trained/'eval_val.png').exists()
     with pytest.raises(SystemExit) as e: main(['eval', str(trained/'nothing-here')])
     assert e.value.code == 2 and 'not a run directory' in capsys.readouterr().err
+
+
+def test_help_lists_every_verb():
+    r = run_cli('--help')
+    assert r.returncode == 0
+    for verb in ('list-cfg', 'copy-cfg', 'log-dataset', 'train', 'merge', 'eval', 'chat', 'web', 'export-gguf'): assert verb in r.stdout, verb
+    r = run_cli('chat', '--help')
+    for flag in ('--temperature', '--top-p', '--top-k', '--repetition-penalty', '--seed', '--with-plugins'): assert flag in r.stdout, flag
+
+
+def test_chat_refuses_bad_sampling_and_plugins_before_loading():
+    r = run_cli('chat', 'no-such-model', '--top-p', '1.5', '--prompt', 'hi')
+    assert r.returncode == 2 and 'learnft chat: error: top_p: got 1.5; allowed: in (0, 1]' in r.stderr and 'Traceback' not in r.stderr
+    r = run_cli('chat', 'no-such-model', '--with-plugins', 'calculate', 'browse', '--prompt', 'hi')
+    assert r.returncode == 2 and "--with-plugins: got ['calculate', 'browse']; allowed: one or more of calculate, solve, search" in r.stderr

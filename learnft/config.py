@@ -263,5 +263,8 @@ def apply_cfg_options(cfg: dict, options: list) -> dict:
             if not isinstance(node, dict): raise ConfigError(f"--cfg-options {opt!r}: {'.'.join(path[:depth + 1])!r} is not a section")
         if isinstance(spec, dict) and path[-1] not in spec:
             raise ConfigError(f"--cfg-options {opt!r}: unknown key {key!r}; allowed here: {sorted(spec)}")
-        node[path[-1]] = _option_value(value)
+        try: node[path[-1]] = _option_value(value)
+        except _yaml().YAMLError as e:        # e.g. a list cut by the shell at a space: quote the whole option
+            raise ConfigError(f"--cfg-options {opt!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e}); "
+                              "quote an option that holds spaces, e.g. 'lora.target_modules=[q_proj, v_proj]'") from None
     return cfg

@@ -110,3 +110,9 @@ def test_tensorboard_events_written(tmp_path):
     assert {'train/loss', 'train/lr', 'train/grad_norm', 'train/tokens_per_s', 'val/loss'} <= tags, tags
     losses = [e.value for e in ea.Scalars('train/loss')]
     assert losses == pytest.approx([r['loss'] for r in trainer.read_log(tmp_path/'run')], abs=1e-5)
+
+
+def test_cfg_option_that_is_not_yaml_names_the_option():
+    "A --cfg-options value the shell cut at a space is a ConfigError naming the option and the fix, not a YAML traceback."
+    with pytest.raises(config.ConfigError, match=r"--cfg-options 'data.sources=\[\{builder:': the value is not valid YAML .*quote an option"):
+        config.load_config('tiny_qlora_self_cognition', ['data.sources=[{builder:'])

@@ -55,7 +55,10 @@ def load_checkpoint(cp, model, opt, sched, engine=None) -> int:
         raise ValueError(f"{cp} was written by a run with {state.get('world_size', 1)} rank(s) "
                          f"{'with' if (cp/'deepspeed').exists() else 'without'} DeepSpeed; resume it the same way "
                          f"(this run: {world} rank(s), {'with' if engine else 'without'} DeepSpeed)")
-    lora = lambda src=None, dst=None: set_peft_model_state_dict(model, load_file(str(cp/'adapter'/'adapter_model.safetensors')))
+    def lora(src=None, dst=None):                # the trained weights: a peft adapter, or (full fine-tuning) the whole model
+        f = cp/'adapter'/'adapter_model.safetensors'
+        if f.exists(): set_peft_model_state_dict(model, load_file(str(f)))
+        else: getattr(model, 'module', model).load_state_dict(load_file(str(cp/'adapter'/'model.safetensors')), strict=False)
     if engine is None:
         lora()
         st = torch.load(cp/'trainer_state.pt', weights_only=False)

@@ -130,6 +130,7 @@ def validate_config(cfg: dict, schema: dict=CONFIG_SCHEMA, prefix: str='') -> di
     if unknown: raise ConfigError(f"unknown config key {prefix + unknown[0]!r}; allowed keys here: {sorted(schema)}")
     out = {}
     for k, spec in schema.items():
+        if not prefix and k == 'lora' and k in cfg and cfg[k] is None: out[k] = None; continue   # lora: null = full fine-tuning (全量微调)
         if isinstance(spec, dict): out[k] = validate_config(cfg.get(k) or {}, spec, f'{prefix}{k}.')
         else: out[k] = _check_value(prefix + k, copy.deepcopy(cfg.get(k, spec[0])), spec[1])
     if not prefix:
@@ -142,10 +143,14 @@ def validate_config(cfg: dict, schema: dict=CONFIG_SCHEMA, prefix: str='') -> di
         if d['val_size'] < 0: raise ConfigError(f"config key 'data.val_size': got {d['val_size']}; allowed: 0 (none), a share < 1 or a count >= 1")
         if d['max_dataset_length'] is not None and d['max_dataset_length'] < 1:
             raise ConfigError(f"config key 'data.max_dataset_length': got {d['max_dataset_length']}; allowed: an integer >= 1 or null")
-        for key, v, lo in (('lora.r', out['lora']['r'], 1), ('train.batch_size', out['train']['batch_size'], 1),
+        if out['lora'] is None and out['quantization']['bits'] == 4:
+            raise ConfigError("config key 'lora': null (full fine-tuning) trains every weight, which a 4-bit base cannot hold; "
+                              "set quantization.bits to 16 or 32, or keep a lora section (QLoRA)")
+        lora = out['lora'] or {'r': 1, 'lora_dropout': 0.0}
+        for key, v, lo in (('lora.r', lora['r'], 1), ('train.batch_size', out['train']['batch_size'], 1),
                            ('train.accumulative_counts', out['train']['accumulative_counts'], 1), ('data.max_length', d['max_length'], 8)):
             if v < lo: raise ConfigError(f"config key {key!r}: got {v}; allowed: an integer >= {lo}")
-        if not 0 <= out['lora']['lora_dropout'] < 1:
+        if out['lora'] is not None and not 0 <= out['lora']['lora_dropout'] < 1:
             raise ConfigError(f"config key 'lora.lora_dropout': got {out['lora']['lora_dropout']}; allowed: 0 <= lora_dropout < 1")
         if out['template'] == 'model' and out['template_style'] != 'official':
             raise ConfigError("config key 'template_style': 'xtuner' needs a registry template (e.g. template: smollm2); "

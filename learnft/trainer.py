@@ -153,7 +153,8 @@ def load_model(path, bits: int=32, quant_type: str='nf4', double_quant: bool=Tru
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
 def add_lora(model, lora: dict):
-    "Wrap `model` with peft LoRA adapters from the config's `lora` section (`use_rslora`: alpha/√r, lesson 05; `use_dora`: peft's DoRA)."
+    "Wrap `model` with peft LoRA adapters from the config's `lora` section (`use_rslora`: alpha/√r, lesson 05; `use_dora`: peft's DoRA); `None`: full fine-tuning, every weight trained."
+    if lora is None: return model.requires_grad_(True)
     from peft import LoraConfig, get_peft_model
     return get_peft_model(model, LoraConfig(r=lora['r'], lora_alpha=lora['lora_alpha'], lora_dropout=lora['lora_dropout'],
                                             target_modules=lora['target_modules'], use_rslora=lora['use_rslora'],
@@ -374,7 +375,8 @@ def _train(config, work_dir, resume, max_steps, verbose, deepspeed, stop_at) -> 
             if verbose: print(f'stopped after step {step + 1} (simulated interruption)')
             log.close(); return {'work_dir': str(work_dir), 'steps_run': step + 1 - start, 'interrupted': True}
     log.close()
-    summary = {'work_dir': str(work_dir), 'base': str(base), 'adapter': str(work_dir/'adapter'), 'steps': steps, 'steps_run': steps - start,
+    out = 'adapter' if cfg['lora'] is not None else 'model'          # full fine-tuning (lora: null) ships a whole model
+    summary = {'work_dir': str(work_dir), 'base': str(base), out: str(work_dir/out), 'steps': steps, 'steps_run': steps - start,
                'rows': len(rows), 'world_size': world, 'skipped_micro_batches': stepper.skipped}
     return _finish(summary, time.time() - t0, tokens, model, tok, cfg, device, engine, main, verbose)
 
@@ -424,7 +426,7 @@ def _validator(cfg: dict, tok, model, pad: int, mask_dtype, amp, work_dir: Path,
 
 def _finish(summary: dict, secs: float, tokens: int, model, tok, cfg, device, engine, main: bool, verbose: bool) -> dict:
     "Rank 0 saves the adapter (atomically), the loss curve and the final eval answers; the run's summary with speed and peak memory."
-    work_dir = Path(summary['work_dir']); adapter = work_dir/'adapter'
+    work_dir = Path(summary['work_dir']); adapter = Path(summary.get('adapter') or summary['model'])
     if main:
         with atomic_dir(adapter) as tmp: model.save_pretrained(tmp); tok.save_pretrained(tmp)   # the tokenizer carries the trained chat_template
         if read_log(work_dir): plot_loss(work_dir/'loss_log.jsonl', work_dir/'loss_curve.png')
@@ -436,7 +438,7 @@ def _finish(summary: dict, secs: float, tokens: int, model, tok, cfg, device, en
         peak = torch.tensor(float(torch.cuda.max_memory_allocated(device)), device=device)
         if engine is not None: torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
         summary['peak_gpu_mib_per_rank'] = round(peak.item() / 2**20)
-    if verbose: print(json.dumps({k: display_path(v) if k in ('work_dir', 'base', 'adapter') else v for k, v in summary.items()}))
+    if verbose: print(json.dumps({k: display_path(v) if k in ('work_dir', 'base', 'adapter', 'model') else v for k, v in summary.items()}))
     return summary
 
 def run_eval_prompts(model, tok, cfg, work_dir, step):

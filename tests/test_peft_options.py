@@ -27,3 +27,23 @@ def test_dora_adds_magnitudes_and_trains():
     ids = torch.randint(0, 1000, (1, 12))
     m(input_ids=ids, labels=ids).loss.backward()
     assert all(p.grad is not None for n, p in m.named_parameters() if p.requires_grad and 'lora_A' in n)
+
+
+def test_full_fine_tuning_with_lora_null(tmp_path):
+    "lora: null trains every weight of a 16/32-bit base, ships a whole model that loads without peft, and resumes exactly."
+    import pytest, torch
+    from transformers import AutoModelForCausalLM
+    from learnft import checkpoint
+    with pytest.raises(config.ConfigError, match="lora': null \\(full fine-tuning\\).*quantization.bits to 16 or 32"):
+        config.load_config('tiny_qlora_self_cognition', ['lora=null'])
+    opts = ['lora=null', 'quantization.bits=32', 'train.max_steps=4', 'train.save_steps=2', 'eval.prompts=[]', 'optim.lr=1e-3']
+    cfg = config.load_config('tiny_qlora_self_cognition', opts)
+    s = trainer.train(cfg, tmp_path/'full', verbose=False)
+    assert 'adapter' not in s and s['steps_run'] == 4
+    base = AutoModelForCausalLM.from_pretrained(s['base']); tuned = AutoModelForCausalLM.from_pretrained(s['model'])
+    moved = [n for (n, a), b in zip(base.named_parameters(), tuned.parameters()) if not torch.equal(a, b)]
+    assert len(moved) == len(list(base.parameters()))                  # every weight trained, not only adapters
+    trainer.train(cfg, tmp_path/'crash', verbose=False, stop_at=3)       # last checkpoint: 2
+    trainer.train(cfg, tmp_path/'crash', resume=True, verbose=False)
+    a, b = trainer.read_log(tmp_path/'full'), trainer.read_log(tmp_path/'crash')
+    assert max(abs(x['loss'] - y['loss']) for x, y in zip(a, b)) < 1e-5, (a, b)

@@ -271,8 +271,13 @@ def test_varlen_attention_trains_like_the_mask(tmp_path, monkeypatch):
     lm, lv = _losses(tmp_path/'mask'), _losses(tmp_path/'varlen')
     assert len(lm) == 3 and lv == pytest.approx(lm, rel=1e-5), (lm, lv)
     a, b = _adapter(tmp_path/'mask'), _adapter(tmp_path/'varlen')
-    # summation order differs (per segment vs masked), and Adam turns ~1e-7 gradient differences into ~1e-5 weight ones
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    # Summation order differs (per segment vs masked), and Adam, whose step is about lr = 5e-2 per weight whatever the gradient's
+    # size, turns ~1e-7 gradient differences into weight ones: measured on an AVX512-BF16 CPU, at most 1.8e-4 (0.4 % of one
+    # step, in 0.01 % of the entries) and 2.5e-5 of the adapter's norm. Bounds: 1 % of a step, and 2e-4 of the norm.
+    assert a.keys() == b.keys()
+    A, B = (torch.cat([w[k].flatten() for k in sorted(a)]) for w in (a, b))
+    lr = SHORT['optim']['lr']
+    assert (A - B).abs().max() < 1e-2 * lr and (A - B).norm() < 2e-4 * A.norm(), ((A - B).abs().max(), (A - B).norm() / A.norm())
 
 def test_varlen_needs_packing():
     with pytest.raises(config.ConfigError, match="data.use_varlen_attn.*pack_to_max_length"):

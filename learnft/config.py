@@ -84,7 +84,10 @@ def data_builder(name: str) -> tuple:
     return (functools.partial(f, **fixed) if fixed else f), fmt
 
 # %% ../nbs/10a_config.ipynb #69d97a42
+_SCI = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+')   # 1e-4: YAML 1.1 (PyYAML) reads it as text, every config writes it
+
 def _check_value(key, value, allowed):
+    if allowed == ANY_FLOAT and isinstance(value, str) and _SCI.fullmatch(value.strip()): value = float(value)
     if allowed == ANY_STR: ok = isinstance(value, str) or value is None
     elif allowed == ANY_INT: ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
     elif allowed == ANY_FLOAT: ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -245,7 +248,7 @@ def load_config(name_or_path, cfg_options: list=None) -> dict:
 def _option_value(text: str):
     "A YAML value (`3`, `true`, `null`, `[q_proj, v_proj]`); numbers YAML 1.1 leaves as text (`1e-3`) become floats."
     v = _yaml().safe_load(text) if text.strip() else ''
-    if isinstance(v, str) and re.fullmatch(r'[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+', v): return float(v)
+    if isinstance(v, str) and _SCI.fullmatch(v): return float(v)
     return v
 
 def apply_cfg_options(cfg: dict, options: list) -> dict:

@@ -190,6 +190,7 @@ def make_optimizer(model, cfg: dict, steps: int):
 class PlainStepper:
     "One process: each micro-batch's loss, divided by their number, is back-propagated; then clip, AdamW, schedule, zero."
     can_skip = True                              # a micro-batch without a trained token can be left out of the mean
+    collective = False                           # one process: it may stop on its own loss
     def __init__(self, model, opt, sched, max_norm: float, device):
         self.model, self.opt, self.sched, self.max_norm, self.device = model, opt, sched, max_norm, device
         self.grad_norm, self.skipped = None, 0
@@ -206,6 +207,7 @@ class PlainStepper:
 class DeepSpeedStepper:
     "A rank of a ZeRO-2 run: DeepSpeed's engine divides by the accumulation, averages gradients, clips and steps at its boundary."
     can_skip = False                             # the engine counts micro-batches to find its accumulation boundary
+    collective = True                            # a rank alone must not stop (the others would wait for it): the global grad norm decides
     def __init__(self, engine, world: int, device):
         self.engine, self.world, self.device, self.grad_norm, self.skipped = engine, world, device, None, 0
     def forward(self, batch): return self.engine(**batch).loss
@@ -222,7 +224,8 @@ class DeepSpeedStepper:
 def optimizer_step(stepper, micro: list, make_batch, amp=contextlib.nullcontext) -> tuple:
     """One optimizer step over `micro` (the row indices of each micro-batch; `make_batch` builds one): `(mean loss, trained tokens)`
     over all ranks. A micro-batch with no trained token is skipped and counted (`stepper.skipped`): its loss would be 0/0; a
-    step left with none returns `(None, 0)`. A non-finite loss or gradient norm raises `FloatingPointError` before any update."""
+    step left with none returns `(None, 0)`. A non-finite loss or gradient norm raises `FloatingPointError` before any update
+    (under DeepSpeed on every rank together, from the global gradient norm after the engine's step)."""
     batches = [make_batch(idx) for idx in micro]
     if stepper.can_skip:
         kept = [b for b in batches if (b['labels'][:, 1:] != IGNORE_INDEX).any()]   # the loss shifts by one token
@@ -234,7 +237,7 @@ def optimizer_step(stepper, micro: list, make_batch, amp=contextlib.nullcontext)
         b = {k: v.to(stepper.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
         with amp(): loss = stepper.forward(b)    # only the loss is kept: the logits go at once
         value = loss.item()
-        if not math.isfinite(value): raise FloatingPointError(f'the loss is {value}')   # before backward: nothing is updated
+        if not math.isfinite(value) and not stepper.collective: raise FloatingPointError(f'the loss is {value}')   # before backward: nothing updated
         stepper.backward(loss, len(batches))
         loss_sum += value / len(batches)
         del loss, b                              # nothing of this micro-batch lives into the next one's forward

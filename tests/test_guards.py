@@ -116,3 +116,25 @@ def test_cfg_option_that_is_not_yaml_names_the_option():
     "A --cfg-options value the shell cut at a space is a ConfigError naming the option and the fix, not a YAML traceback."
     with pytest.raises(config.ConfigError, match=r"--cfg-options 'data.sources=\[\{builder:': the value is not valid YAML .*quote an option"):
         config.load_config('tiny_qlora_self_cognition', ['data.sources=[{builder:'])
+
+
+def test_diverging_deepspeed_run_stops_every_rank(tmp_path):
+    "Under ZeRO-2 a rank must not stop alone (the other would wait in the reduce forever): both stop on the global gradient norm."
+    cfg = _tiny(tmp_path, **{'optim.lr': 1e30, 'optim.warmup_ratio': 0.0, 'optim.scheduler': 'constant', 'train.max_steps': 4,
+                             'train.save_steps': 1, 'lora.lora_dropout': 0.0, 'train.num_threads': 1})
+    (tmp_path/'cfg.yaml').write_text(json.dumps(cfg))
+    import os
+    r = subprocess.run([sys.executable, '-m', 'learnft.cli', 'train', str(tmp_path/'cfg.yaml'), '--work-dir', str(tmp_path/'run'), '--deepspeed', 'zero2'],
+                       env={**os.environ, 'NPROC_PER_NODE': '2', 'OMP_NUM_THREADS': '1'}, capture_output=True, text=True, timeout=400)
+    assert r.returncode != 0
+    assert r.stderr.count('so training stopped. The last good checkpoint is') == 2, r.stderr[-3000:]     # both ranks, no hang
+    assert 'the gradient norm is' in r.stderr and checkpoint.checkpoints(tmp_path/'run')
+
+
+def test_yaml_file_with_scientific_learning_rate(tmp_path):
+    "`lr: 1e-4` in a YAML file (PyYAML reads YAML 1.1, where that is text) is the number 1e-4, as in --cfg-options."
+    p = tmp_path/'c.yaml'; p.write_text('model: {path: tiny}\ndata: {builder: self_cognition}\noptim: {lr: 1e-4, weight_decay: 5E-2}\n')
+    cfg = config.load_config(p)
+    assert cfg['optim']['lr'] == 1e-4 and cfg['optim']['weight_decay'] == 0.05
+    p.write_text('model: {path: tiny}\ndata: {builder: self_cognition}\noptim: {lr: fast}\n')
+    with pytest.raises(config.ConfigError, match="config key 'optim.lr': got 'fast'; allowed: a number"): config.load_config(p)

@@ -53,6 +53,7 @@ def test_chat_page_streams_an_answer_and_stays_local(app):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         page, failures = _open(browser, url)
+        assert page.locator('#tools input[type=checkbox]').count() == 3     # calculate, solve, search
         assert 'learnft chat' in page.title()
         tokens = page.get_by_label('number input for Max new tokens')
         tokens.fill('32'); tokens.press('Enter')
@@ -74,3 +75,21 @@ def test_chat_page_streams_an_answer_and_stays_local(app):
         ended = [f for f in failures if f.startswith(f'FAILED {url}gradio_api/queue/data') and 'ERR_ABORTED' in f]
         assert not [f for f in failures if f not in ended], failures
         page.close(); browser.close()
+
+
+def test_tools_box_runs_the_agent_loop(monkeypatch):
+    "With tools ticked, a send goes through chat.chat_with_tools and the page shows each call with its result, then the answer."
+    from learnft import chat, web
+    seen = {}
+    def fake(model, tok, msgs, registry, max_new_tokens=96, **sampling):
+        seen.update(tools=sorted(registry.tools), msgs=msgs, sampling=sampling)
+        return {'answer': 'The answer is 888.', 'stopped': 'answer', 'messages': msgs,
+                'trace': [{'step': 1, 'event': 'generate', 'text': '<tool_call>…'}, {'step': 1, 'event': 'tool', 'text': 'calculate({"expression": "37*24"}) -> 888'}]}
+    monkeypatch.setattr(chat, 'chat_with_tools', fake)
+    respond = web._responder(None, None)
+    history = [{'role': 'user', 'content': 'A shop sells 37 boxes with 24 pens each. How many pens?'}]
+    out = list(respond(history, 'Be brief.', 64, 0.0, 1.0, 0, 1.0, -1, ['calculate']))
+    assert seen['tools'] == ['calculate'] and seen['msgs'][0] == {'role': 'system', 'content': 'Be brief.'} and seen['sampling']['seed'] is None
+    assert out[-1][-1] == {'role': 'assistant', 'content': '🔧 `calculate({"expression": "37*24"}) -> 888`\n\nThe answer is 888.'}
+    import gradio as gr
+    with pytest.raises(gr.Error, match='--with-plugins: got'): list(respond(history, '', 64, 0.0, 1.0, 0, 1.0, -1, ['browse']))

@@ -94,8 +94,7 @@ def _cmd_chat(a):
 def _answer_with_tools(model, tok, msgs, registry, a, sampling) -> list:
     "One answer through the agent loop: each tool call and its result shown, then the answer; the history to continue from."
     from learnft.chat import chat_with_tools
-    if a.system: msgs = [{'role': 'system', 'content': a.system}] + [m for m in msgs if m['role'] != 'system']
-    r = chat_with_tools(model, tok, msgs, registry, max_new_tokens=a.max_new_tokens, **sampling)
+    r = chat_with_tools(model, tok, msgs, registry, system=a.system, max_new_tokens=a.max_new_tokens, **sampling)
     for t in r['trace']:
         if t['event'] == 'tool': print(f"\n  [tool] {t['text']}", end='')
         elif t['event'] in ('bad_call', 'max_steps'): print(f"\n  [{t['event']}] {t['text']}", end='')

@@ -149,9 +149,9 @@ def validate_config(cfg: dict, schema: dict=CONFIG_SCHEMA, prefix: str='') -> di
         if out['lora'] is None and out['quantization']['bits'] == 4:
             raise ConfigError("config key 'lora': null (full fine-tuning) trains every weight, which a 4-bit base cannot hold; "
                               "set quantization.bits to 16 or 32, or keep a lora section (QLoRA)")
-        lora = out['lora'] or {'r': 1, 'lora_dropout': 0.0}
-        for key, v, lo in (('lora.r', lora['r'], 1), ('train.batch_size', out['train']['batch_size'], 1),
-                           ('train.accumulative_counts', out['train']['accumulative_counts'], 1), ('data.max_length', d['max_length'], 8)):
+        bounds = [('train.batch_size', out['train']['batch_size'], 1), ('train.accumulative_counts', out['train']['accumulative_counts'], 1),
+                  ('data.max_length', d['max_length'], 8)] + ([('lora.r', out['lora']['r'], 1)] if out['lora'] is not None else [])
+        for key, v, lo in bounds:
             if v < lo: raise ConfigError(f"config key {key!r}: got {v}; allowed: an integer >= {lo}")
         if out['lora'] is not None and not 0 <= out['lora']['lora_dropout'] < 1:
             raise ConfigError(f"config key 'lora.lora_dropout': got {out['lora']['lora_dropout']}; allowed: 0 <= lora_dropout < 1")

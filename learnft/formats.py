@@ -194,7 +194,8 @@ def load_rows(path, pattern: str='*.txt') -> datasets.Dataset:
         rows = read_json_rows(p)
         errs = _mixed_type_errors(rows)
         if any(errs):        # datasets would make such a column JSON and turn the string "1" into the number 1: keep the rows' own values
-            return datasets.Dataset.from_list(rows).add_column('_load_error', errs)
+            keys = dict.fromkeys(k for r in rows for k in r)                    # every row's fields (from_list would keep the first row's)
+            return datasets.Dataset.from_dict({**{k: [r.get(k) for r in rows] for k in keys}, '_load_error': errs})
         try: return datasets.Dataset.from_json(str(p))
         except datasets.exceptions.DatasetGenerationError as e:    # valid JSON, but the rows disagree on a field's type
             cause = e.__cause__ or e

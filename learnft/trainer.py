@@ -134,11 +134,9 @@ def resolve_model_path(cfg_model: dict, work_dir=None) -> Path:
 def load_model(path, bits: int=32, quant_type: str='nf4', double_quant: bool=True, compute_dtype: str='float32', device=None):
     "`(model, tokenizer)` from a folder: 4-bit through bitsandbytes (repack disabled; the weights left unquantized — embeddings, head, norms — in `compute_dtype`), or plain fp32/bf16; on `device` (a GPU) if given."
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-    import logging
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     if not torch.cuda.is_available(): os.environ.setdefault('DS_ACCELERATOR', 'cpu')   # DeepSpeed, when transformers imports it, would warn it fell back to CPU
-    logging.getLogger('bitsandbytes.backends.cpu.ops').setLevel(logging.ERROR)       # its notice that the optional `kernels` package is absent (it falls back)
     dtype = getattr(torch, compute_dtype)
     kw = {'device_map': {'': str(device)}} if device is not None and torch.device(device).type != 'cpu' else {}
     if bits == 4:

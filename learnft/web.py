@@ -12,16 +12,10 @@ from pathlib import Path
 os.environ['GRADIO_ANALYTICS_ENABLED'] = 'False'   # before gradio is imported: no telemetry, no version check
 import torch
 
-from .chat import PLUGINS, prompt_ids, stop_ids, load_for_chat, sampling_kwargs
+from .chat import PLUGINS, prompt_ids, stop_ids, load_for_chat, sampling_kwargs, with_system
 from .qlora import disable_cpu_repack
 
 # %% ../nbs/10h_web.ipynb #1e3c5538
-def _with_system(messages, system=None) -> list:
-    "`messages` (or a question) with `system` as the one system message, as `generate` builds them."
-    if isinstance(messages, str): messages = [{'role': 'user', 'content': messages}]
-    if system: messages = [{'role': 'system', 'content': system}] + [m for m in messages if m['role'] != 'system']
-    return list(messages)
-
 class _Cancelled:
     "A stopping criterion: stop every sequence once `event` is set (the reader has gone)."
     def __init__(self, event): self.event = event
@@ -41,7 +35,7 @@ def stream_reply(model, tok, messages, system=None, template=None, max_new_token
     if int(max_new_tokens) < 1: raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
     kw = sampling_kwargs(float(temperature), float(top_p), int(top_k) if float(top_k).is_integer() else top_k, float(repetition_penalty),
                          None if seed is None else int(seed))   # chat's checks and options; the seed set here, before the thread starts
-    _, ids, t = prompt_ids(tok, _with_system(messages, system), template)
+    _, ids, t = prompt_ids(tok, with_system(messages, system), template)
     ids = torch.tensor([ids], device=model.device)
     stops, stop_now = stop_ids(model, tok, t), threading.Event()
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
@@ -80,8 +74,7 @@ def _add_user(message, history):
 def tool_reply(model, tok, msgs, tools, system=None, max_new_tokens=96, **sampling) -> str:
     "The answer through lesson 09's agent loop (`chat.chat_with_tools`), as the page shows it: each tool call with its result, then the answer."
     from learnft.chat import chat_with_tools, plugin_registry
-    if system: msgs = [{'role': 'system', 'content': system}] + [m for m in msgs if m['role'] != 'system']
-    r = chat_with_tools(model, tok, msgs, plugin_registry(list(tools)), max_new_tokens=max_new_tokens, **sampling)
+    r = chat_with_tools(model, tok, msgs, plugin_registry(list(tools)), system=system, max_new_tokens=max_new_tokens, **sampling)
     lines = [f"🔧 `{t['text']}`" if t['event'] == 'tool' else f"⚠️ {t['event']}: {t['text']}" for t in r['trace'] if t['event'] in ('tool', 'bad_call', 'max_steps')]
     return '\n\n'.join(lines + [r['answer'] if r['answer'] is not None else f"*(no answer: {r['stopped']})*"])
 

@@ -118,7 +118,9 @@ NOISE = re.compile(r'/root/|/tmp/|/home/|/work/|site-packages|\d+%\|[^\n|]{0,40}
 def test_outputs_carry_no_machine_noise(site, browser, nb):
     page, _ = _open(browser, f'{site}/{nb.stem}.html')
     outputs = page.locator('div.cell_output').all_inner_texts()
+    stderr = page.locator('div.cell_output div.stderr').all_inner_texts()   # a saved warning or notice, whatever it says
     page.close()
+    assert not stderr, f'{nb.stem}: stderr in a saved output: {stderr[0][:200]!r}'
     hits = [m.group(0) + ' in: ' + o[max(0, m.start() - 60):m.end() + 20] for o in outputs for m in [NOISE.search(o)] if m]
     assert not hits, f'{nb.stem}: {hits[:3]}'
 

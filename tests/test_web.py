@@ -81,8 +81,8 @@ def test_tools_box_runs_the_agent_loop(monkeypatch):
     "With tools ticked, a send goes through chat.chat_with_tools and the page shows each call with its result, then the answer."
     from learnft import chat, web
     seen = {}
-    def fake(model, tok, msgs, registry, max_new_tokens=96, **sampling):
-        seen.update(tools=sorted(registry.tools), msgs=msgs, sampling=sampling)
+    def fake(model, tok, msgs, registry, system=None, max_new_tokens=96, **sampling):
+        seen.update(tools=sorted(registry.tools), msgs=chat.with_system(msgs, system), sampling=sampling)
         return {'answer': 'The answer is 888.', 'stopped': 'answer', 'messages': msgs,
                 'trace': [{'step': 1, 'event': 'generate', 'text': '<tool_call>…'}, {'step': 1, 'event': 'tool', 'text': 'calculate({"expression": "37*24"}) -> 888'}]}
     monkeypatch.setattr(chat, 'chat_with_tools', fake)

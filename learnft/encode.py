@@ -29,12 +29,20 @@ def bos_eos_ids(tokenizer) -> tuple:
 def _pieces(conv):
     for t in conv: yield from (t.get('input') or '', t.get('output') or '', t.get('sep') or '')
 
+def _batch_ids(tokenizer, texts: list) -> list:
+    "`tokenizer(texts, add_special_tokens=False)['input_ids']`, through the fast backend's `encode_batch_fast` when it is set up alike (no offsets, masks or Python dicts built)."
+    be = getattr(tokenizer, '_tokenizer', None)
+    if (hasattr(be, 'encode_batch_fast') and be.truncation is None and be.padding is None
+            and be.encode_special_tokens == bool(getattr(tokenizer, 'split_special_tokens', False))):
+        return [e.ids for e in be.encode_batch_fast(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)['input_ids']
+
 def encode_conversations(convs: list, tokenizer, max_length: int, turns: str='all') -> list:
     "Encode a list of templated conversations (lists of turns) like XTuner's `encode_fn`; `turns='last'` trains only the last turn."
     if turns not in ('all', 'last'): raise ValueError(f"turns should be 'all' or 'last', got {turns!r}")
     bos, eos = bos_eos_ids(tokenizer)
     texts = [p for conv in convs for p in _pieces(conv)]
-    ids = iter(tokenizer(texts, add_special_tokens=False)['input_ids'] if texts else [])
+    ids = iter(_batch_ids(tokenizer, texts) if texts else [])
     out = []
     for conv in convs:
         input_ids, labels, need_bos = [], [], True

@@ -37,7 +37,9 @@ def _cfg(packing, steps, threads, model, seq=None, batch=None):
     if torch.cuda.is_available(): cfg['quantization']['compute_dtype'] = 'bfloat16'
     if seq: cfg['data']['max_length'] = seq
     if batch: cfg['train']['batch_size'] = batch
-    cfg['data']['builder_args'].update(repeats=20, general_repeats=10)  # enough rows for any sequence length
+    for src in cfg['data']['sources']:                                  # enough rows for any sequence length
+        if src['builder'] == 'identity': src['builder_args']['repeats'] = 20
+        else: src['repeats'] = 10
     cfg['data']['pack_to_max_length'] = packing
     cfg['train'].update(max_steps=steps, save_steps=10 ** 6, num_threads=threads,
                         gradient_checkpointing=os.environ.get('BENCH_CHECKPOINTING') == '1',
@@ -79,29 +81,34 @@ def worker_trl(packing, steps, threads, model, seq=None, batch=None):
         m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, quantization_config=BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=q['quant_type'], bnb_4bit_use_double_quant=q['double_quant'],
             bnb_4bit_compute_dtype=getattr(torch, q['compute_dtype'])), **({'device_map': {'': 0}} if cuda else {}))
-        times, toks = [], []
+        times, toks, all_toks, losses = [], [], [], []
         class Clock(TrainerCallback):   # a step = end of the previous optimizer step to the end of this one (data loading included)
             def on_train_begin(self, *a, **k): self.t = time.perf_counter()
             def on_step_end(self, *a, **k): t = time.perf_counter(); times.append(t - self.t); self.t = t
+            def on_log(self, args, state, control, logs=None, **k):
+                if logs and 'loss' in logs: losses.append(round(float(logs['loss']), 4))
         class Counting(SFTTrainer):
             def _get_train_sampler(self, *a, **k):
                 return torch.utils.data.SequentialSampler(self.train_dataset) if not packing else super()._get_train_sampler(*a, **k)
             def compute_loss(self, model, inputs, *a, **k):
-                toks.append(int((inputs['labels'] != -100).sum())); return super().compute_loss(model, inputs, *a, **k)
+                toks.append(int((inputs['labels'] != -100).sum())); all_toks.append(int(inputs['input_ids'].numel()))
+                return super().compute_loss(model, inputs, *a, **k)
         args = SFTConfig(output_dir=d, max_length=cfg['data']['max_length'], packing=packing, completion_only_loss=True,
                          per_device_train_batch_size=t['batch_size'], gradient_accumulation_steps=t['accumulative_counts'],
                          learning_rate=o['lr'], lr_scheduler_type=o['scheduler'], warmup_steps=int(o['warmup_ratio'] * steps),
                          weight_decay=o['weight_decay'], max_grad_norm=o['max_norm'], optim='adamw_torch', max_steps=steps,
                          gradient_checkpointing=t['gradient_checkpointing'],   # TRL's default is True: set both sides alike
                          bf16=t['mixed_precision'] == 'bf16',                  # TRL's default is True (autocast): alike too
-                         logging_steps=1, save_strategy='no', report_to=[], use_cpu=not cuda, seed=t['seed'], disable_tqdm=True)
+                         logging_steps=1, save_strategy='no', report_to=[], use_cpu=not cuda, seed=t['seed'], disable_tqdm=True,
+                         use_liger_kernel=os.environ.get('BENCH_LIGER') == '1')   # Liger's Triton kernels (bench_mfu_gpu.py's trl-liger)
         tr = Counting(model=m, args=args, train_dataset=datasets.Dataset.from_list(data), processing_class=tok,
                       peft_config=LoraConfig(r=lo['r'], lora_alpha=lo['lora_alpha'], lora_dropout=lo['lora_dropout'],
                                              target_modules=lo['target_modules'], task_type='CAUSAL_LM'),
                       callbacks=[Clock()])
         tr.train()
     per_step = len(toks) // max(len(times), 1)
-    return {'tokens': sum(toks[2 * per_step:]), 'seconds': sum(times[2:]), 'steps': len(times) - 2}
+    return {'tokens': sum(toks[2 * per_step:]), 'all_tokens': sum(all_toks[2 * per_step:]), 'seconds': sum(times[2:]),
+            'steps': len(times) - 2, 'loss_first': losses[0] if losses else None, 'loss_last': losses[-1] if losses else None}
 
 
 def run_side(side, packing, steps, threads, model, seq=None, batch=None):

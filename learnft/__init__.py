@@ -6,7 +6,7 @@ import logging
 logging.getLogger('bitsandbytes.backends.cpu.ops').setLevel(logging.ERROR)
 
 # Lessons are imported lazily, so `import learnft` is instant and `learnft.models.load_smollm2()` just works.
-_LESSONS = ('models', 'templates', 'formats', 'encode', 'packing', 'lora', 'quant', 'qlora', 'zero', 'tools', 'config', 'dist', 'checkpoint', 'trainer', 'chat', 'export', 'web', 'lab', 'cli', 'exercises')
+_LESSONS = ('models', 'templates', 'formats', 'encode', 'packing', 'lora', 'quant', 'qlora', 'zero', 'speed', 'tools', 'config', 'dist', 'checkpoint', 'trainer', 'chat', 'export', 'web', 'lab', 'cli', 'exercises')
 
 def __getattr__(name):
     if name in _LESSONS:

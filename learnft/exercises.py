@@ -650,6 +650,46 @@ def _grade_08_3(fn):
                                  f"(N-1)/N·2Ψ), got {got:,.0f}")
     return f"3 settings; ZeRO-1 sends {c.total / ddp.total:.2f}× what DDP's all-reduce sends: the memory saving is free on the wire"
 
+# %% ../nbs/11_exercises.ipynb #a8a3708d
+@exercise('08b', 1, 'the linear weights of a Llama',
+          "`n_linear(config: dict) -> int`: the weights of every linear layer a token passes — q, k, v, o and the three MLP "
+          "projections of each layer, and the LM head — from a config dict (`head_dim` when given, else hidden_size / heads).")
+def _grade_08b_1(fn):
+    from learnft.speed import linear_params
+    shapes = [dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, vocab_size=49152),
+              dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4, vocab_size=32000),
+              dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, vocab_size=49152),
+              dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=100, head_dim=32)]
+    for c in shapes:
+        same(call(fn, dict(c), case=str(c)), linear_params(c), f"hidden {c['hidden_size']}, {c['num_hidden_layers']} layers, "
+             f"{c['num_attention_heads']}/{c['num_key_value_heads']} heads{', head_dim ' + str(c['head_dim']) if 'head_dim' in c else ''}", 'weights')
+    return f"4 shapes, grouped-query attention and an explicit head_dim among them; the 7B shape: {linear_params(shapes[0]) / 1e9:.2f} B"
+
+@exercise('08b', 2, 'MFU and HFU of a run',
+          "`utilisation(tokens_per_s, n_frozen, n_trained, recompute, peak) -> (mfu, hfu)`: 4 FLOPs per frozen and 6 per trained "
+          "weight per token; HFU adds the recomputed forward (2 per weight) when `recompute`; a non-positive peak raises ValueError.")
+def _grade_08b_2(fn):
+    from learnft.speed import train_flops_per_token, H200_BF16_FLOPS
+    for tps, nf, nt, rc in ((14785, 6.68e9, 1.6e8, False), (14785, 6.68e9, 1.6e8, True), (1000, 1e9, 0, True), (5e4, 1.07e9, 5e7, False)):
+        got = call(fn, tps, nf, nt, rc, H200_BF16_FLOPS, case=f'{tps} tokens/s')
+        want = (tps * train_flops_per_token(nf, nt) / H200_BF16_FLOPS, tps * train_flops_per_token(nf, nt, rc) / H200_BF16_FLOPS)
+        close(list(got), list(want), f"{tps} tokens/s, {nf:g} frozen, {nt:g} trained, recompute={rc}", rtol=1e-9, atol=0, what='(mfu, hfu)')
+    expect_error(fn, 1000, 1e9, 0, False, 0, case='peak 0')
+    return '4 runs, with and without recompute; a zero peak refused'
+
+@exercise('08b', 3, 'attention FLOPs of packed samples',
+          "`attn_flops(q_dim, n_layers, seq_lens) -> float`: training FLOPs per token of causal attention's two matmuls, averaged "
+          "over the tokens of samples packed with the block-diagonal mask (position p sees p + 1 keys; backward twice the forward).")
+def _grade_08b_3(fn):
+    from learnft.speed import attention_flops_per_token
+    for q, L, lens in ((4096, 32, [2048]), (4096, 32, [40] * 50), (576, 30, [1, 2, 3, 500]), (64, 2, [7])):
+        close(call(fn, q, L, list(lens), case=f'{len(lens)} samples'), attention_flops_per_token(q, L, lens),
+              f"q_dim {q}, {L} layers, samples {lens[:4]}{'...' if len(lens) > 4 else ''}", rtol=1e-9, atol=0)
+    expect_error(fn, 64, 2, [], case='no samples'); expect_error(fn, 64, 2, [3, 0], case='a sample of length 0')
+    return (f"4 packings; one 2,048-token sample costs {attention_flops_per_token(4096, 32, [2048]) / attention_flops_per_token(4096, 32, [40] * 50):.0f}x "
+            "the attention of 40-token samples")
+
+
 # %% ../nbs/11_exercises.ipynb #83cf3156
 _UNITS = {'mm': 1e-3, 'cm': 1e-2, 'm': 1.0, 'km': 1e3, 'in': 0.0254, 'ft': 0.3048, 'mi': 1609.344}
 

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['raw_rows', 'conversations', 'served_chat_template', 'validation_split', 'build_dataset', 'collate',
-           'resolve_model_path', 'load_model', 'add_lora', 'batch_indices', 'total_steps', 'make_optimizer',
-           'PlainStepper', 'DeepSpeedStepper', 'optimizer_step', 'validation_loss', 'plot_loss', 'read_log', 'train',
-           'TrainingDiverged', 'RunLog', 'run_eval_prompts']
+           'resolve_model_path', 'load_model', 'add_lora', 'apply_kernels', 'batch_indices', 'total_steps',
+           'make_optimizer', 'PlainStepper', 'DeepSpeedStepper', 'optimizer_step', 'validation_loss', 'plot_loss',
+           'read_log', 'train', 'TrainingDiverged', 'RunLog', 'run_eval_prompts']
 
 # %% ../nbs/10d_trainer.ipynb #c34336f8
 import contextlib, json, math, os, random, sys, time, warnings
@@ -159,6 +159,33 @@ def add_lora(model, lora: dict):
                                             use_dora=lora['use_dora'], task_type='CAUSAL_LM'))
 
 # %% ../nbs/10d_trainer.ipynb #4be74617
+def apply_kernels(model, kernels: str=None, device=None):
+    """`train.kernels`: fuse the elementwise work around the matmuls, which a profile of a 7B QLoRA step on a GPU shows as a
+    third of the GPU's time (norms, rotary embeddings, SwiGLU, LoRA's dropout, scale and add, the loss: benchmarks/bench_mfu_gpu.py).
+    `'liger'`: Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, and the LM head fused with the cross-entropy, so the logits are never
+    stored), put on the model as transformers' `use_liger_kernel` does; `'compile'`: `torch.compile` of each decoder layer
+    (regional compilation; the varlen attention kernel stays outside the graph); `'liger+compile'`: both. `None`: as it is."""
+    if not kernels: return model
+    parts = kernels.split('+')
+    base = model.get_base_model() if hasattr(model, 'get_base_model') else model
+    if 'liger' in parts:
+        if device is not None and torch.device(device).type != 'cuda':
+            raise ConfigError(f"config key 'train.kernels': {kernels!r} runs Triton kernels on a GPU; this run is on {torch.device(device).type} "
+                              "(use 'compile' or none there)")
+        try: from liger_kernel.transformers import _apply_liger_kernel_to_instance
+        except ImportError: raise ConfigError(f"config key 'train.kernels': {kernels!r} needs the liger-kernel package: "
+                                              "pip install liger-kernel (or set train.kernels: compile)") from None
+        _apply_liger_kernel_to_instance(model=base)
+    if 'compile' in parts:
+        from transformers import AttentionInterface
+        from learnft.packing import VARLEN, varlen_attention
+        layers = getattr(base.get_decoder(), 'layers', None) if hasattr(base, 'get_decoder') else None
+        if layers is None: raise ConfigError(f"config key 'train.kernels': 'compile' found no decoder layers in {type(base).__name__}")
+        if base.config._attn_implementation == VARLEN:   # its segment lengths change every batch: kept out of the graph
+            AttentionInterface.register(VARLEN, torch.compiler.disable(varlen_attention))
+        for layer in layers: layer.compile()
+    return model
+
 def batch_indices(n_rows: int, step: int, batch_size: int, accumulative_counts: int, seed: int) -> list:
     "Row indices of each micro-batch of optimizer step `step`: epochs are seeded permutations, walked in order."
     per_step = batch_size * accumulative_counts
@@ -300,7 +327,7 @@ def _model_and_rows(cfg: dict, work_dir: Path, device, main: bool, verbose: bool
     if cfg['data']['use_varlen_attn'] and 'seq_lens' in rows[0]: use_varlen_attention(model)
     if t['gradient_checkpointing']: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
     torch.manual_seed(t['seed'])                 # the same LoRA initialisation on every rank
-    model = add_lora(model, cfg['lora']); model.train()
+    model = apply_kernels(add_lora(model, cfg['lora']), t['kernels'], device); model.train()
     return base, model, tok, rows
 
 def _make_stepper(model, cfg: dict, steps: int, stage, world: int, device, verbose: bool) -> tuple:

@@ -109,3 +109,17 @@ def test_pack_dataset_equals_pack_rows(lengths, max_length):
     ds, rep = pack_dataset(datasets.Dataset.from_list(samples), max_length, verbose=False)
     rows, rep2 = pack_best_fit(samples, max_length)
     assert ds.to_list() == rows and (rep.rows, rep.tokens) == (rep2.rows, rep2.tokens)
+
+
+def test_pack_dataset_empty_samples_and_fingerprint():
+    "Empty samples (no tokens) do not shift the positions of the others; the packed set's fingerprint follows input and max_length."
+    import datasets
+    from learnft.packing import pack_dataset
+    ds = datasets.Dataset.from_dict({'input_ids': [[1, 2, 3], [], [4, 5], [], [6]], 'labels': [[1, 2, 3], [], [4, 5], [], [6]]})
+    out, rep = pack_dataset(ds, 8, verbose=False)
+    assert out['position_ids'] == [[0, 1, 2, 0, 1, 0]] and out['labels'] == [[-100, 2, 3, -100, 5, -100]]
+    assert rep.tokens == 6 and rep.samples == 5
+    shuffled, _ = pack_dataset(ds.shuffle(seed=1), 8, verbose=False)        # an indices mapping on the input
+    assert sorted(shuffled['input_ids'][0]) == [1, 2, 3, 4, 5, 6]
+    assert pack_dataset(ds, 8, verbose=False)[0]._fingerprint == out._fingerprint
+    assert pack_dataset(ds, 4, verbose=False)[0]._fingerprint != out._fingerprint

@@ -1,0 +1,43 @@
+"""`train.kernels`: the config switch for fused kernels (trainer.apply_kernels). The GPU speed it buys is measured by
+benchmarks/bench_mfu_gpu.py (results in benchmarks/results/bench_mfu_gpu_h200.txt); here, on the CPU: a compiled run trains
+exactly like the eager one, and the options that cannot run here say why."""
+import copy, sys
+
+import pytest
+import torch
+
+from learnft import config, trainer
+
+BASE = dict(model=dict(path='tiny'), template='smollm2',
+            data=dict(builder='self_cognition', builder_args=dict(repeats=1), max_length=64, pack_to_max_length=True),
+            lora=dict(lora_dropout=0.0), optim=dict(lr=1e-3), train=dict(max_steps=3, save_steps=100, batch_size=2), eval=dict(prompts=[]))
+
+
+def test_unknown_kernels_value_names_the_key():
+    cfg = copy.deepcopy(BASE); cfg['train']['kernels'] = 'triton'
+    with pytest.raises(config.ConfigError, match=r"train\.kernels.*triton"):
+        config.validate_config(cfg)
+
+
+def test_liger_off_a_gpu_says_why(tmp_path):
+    cfg = copy.deepcopy(BASE); cfg['train']['kernels'] = 'liger'
+    with pytest.raises(config.ConfigError, match=r"train\.kernels.*GPU.*cpu"):
+        trainer.train(cfg, tmp_path/'run', verbose=False)
+
+
+def test_compile_without_decoder_layers_says_so():
+    with pytest.raises(config.ConfigError, match="no decoder layers"):
+        trainer.apply_kernels(torch.nn.Linear(2, 2), 'compile', 'cpu')
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='inductor needs a C++ compiler')
+def test_compiled_layers_train_like_eager(tmp_path):
+    "Regional torch.compile changes the kernels, not the maths: the same losses, step for step (fp32, no dropout)."
+    losses = {}
+    for k in (None, 'compile'):
+        cfg = copy.deepcopy(BASE); cfg['train']['kernels'] = k
+        trainer.train(cfg, tmp_path/str(k), verbose=False)
+        losses[k] = [r['loss'] for r in trainer.read_log(tmp_path/str(k))]
+    assert len(losses[None]) == 3
+    # measured: identical to the 6 decimals the log keeps (inductor's fp32 fusions reorder no reduction here)
+    assert losses['compile'] == pytest.approx(losses[None], abs=1e-5)

@@ -60,6 +60,10 @@ WRONG = {
     ('08', 1): (lambda psi, n_d, stage, k=12: 16 * psi / n_d, 'stage 0'),
     ('08', 2): (lambda numel, world, rank: (rank * numel // world, (rank + 1) * numel // world), '(start, stop)'),
     ('08', 3): (lambda psi, n_d, gb=2, pb=2: 2 * psi * gb, 'reduce-scatter'),
+    ('08b', 1): (lambda c: c['num_hidden_layers'] * (4 * c['hidden_size'] ** 2 + 3 * c['hidden_size'] * c['intermediate_size']),
+                 'hidden 4096, 32 layers'),     # k and v as wide as q (no grouped-query attention), and no LM head
+    ('08b', 2): (lambda tps, nf, nt, rc, peak: (tps * (4 * nf + 6 * nt) / peak,) * 2, 'recompute=True'),   # HFU without the recompute
+    ('08b', 3): (lambda q, L, lens: 12 * q * L * sum(n * n for n in lens) / sum(lens), 'samples [2048]'),   # n² keys, not n(n+1)/2
     ('09', 1): (lambda value, unit_from, unit_to: str(value), 'should say'),
     ('09', 2): (lambda text: [], 'the calls'),
     ('09', 3): (_agent_without_results, 'time(s)'),

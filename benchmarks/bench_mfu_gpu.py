@@ -23,7 +23,6 @@ yardstick for bf16 noise). `--profile V` profiles steps 4-5 of variant V
 import argparse, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
 
-PEAK_BF16 = 989e12     # = learnft.speed.H200_BF16_FLOPS
 HERE = Path(__file__).resolve().parent
 KINDS = [('dequantize (bitsandbytes)', ('dequantize', 'kdequant')),
          ('attention', ('flash', 'fmha', 'attention', 'efficient_attention', 'sdpa')),
@@ -94,20 +93,18 @@ def worker(spec: str, model_dir: str, seq: int, steps: int, profile: bool) -> di
             if us and e.device_type.name == 'CUDA':
                 per[kind_of(e.key)] = per.get(kind_of(e.key), 0) + us / 1e6 / 2
                 prof_out.setdefault('top', {})[e.key[:90]] = prof_out.get('top', {}).get(e.key[:90], 0) + us / 1e6 / 2
-            elif e.key == 'cudaDeviceSynchronize' or e.key.startswith('aten::item') or e.key == 'cudaStreamSynchronize':
-                prof_out['syncs'] = prof_out.get('syncs', 0) + e.count / 2
         prof_out['profiled_wall'] = prof_out.get('profiled_wall', 0) + prof_out['walls'][-1] / 2
         return r
     trainer.optimizer_step = step
     with tempfile.TemporaryDirectory() as d:
-        s = trainer.train(cfg, Path(d)/'run', verbose=False)
+        trainer.train(cfg, Path(d)/'run', verbose=False)
         recs = trainer.read_log(Path(d)/'run')
     walls = [w for k, w in enumerate(prof_out['walls']) if k >= 2 and not (profile and k in (3, 4))]
     per_step = len(seen) // max(len(prof_out['walls']), 1)
     return {'spec': spec, 's_step': sum(walls) / len(walls), 'tokens_step': sum(seen[2 * per_step:]) / max(len(prof_out['walls']) - 2, 1),
             'trained_step': sum(r['tokens'] for r in recs[2:]) / max(len(recs) - 2, 1),
             'peak_gib': peak_gib(), 'loss_first': recs[0]['loss'], 'loss_last': recs[-1]['loss'],
-            'losses': [r['loss'] for r in recs], **({k: prof_out[k] for k in ('kinds', 'profiled_wall', 'top', 'syncs') if k in prof_out})}
+            'losses': [r['loss'] for r in recs], **({k: prof_out[k] for k in ('kinds', 'profiled_wall', 'top') if k in prof_out})}
 
 
 def peer(kind: str, model_dir: str, seq: int, steps: int, batch: int) -> dict:
@@ -138,6 +135,7 @@ def main():
               worker(a.worker, a.model_dir, a.seq, a.steps, a.worker in a.profile.split(','))
         print('RESULT ' + json.dumps(res)); return
     import torch
+    from learnft import speed
     sys.path.insert(0, str(HERE)); from bench_train_gpu import build_model, SHAPES
     SHAPES.setdefault('test', dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=4))   # a CPU try of the script: --shape test
@@ -161,7 +159,7 @@ def main():
             print(f'{spec:<16} failed: {(r.stdout[-800:] + r.stderr[-1500:])!r}'); continue
         x = json.loads(line[-1][7:]); rows.append(x)
         tps = x['tokens_step'] / x['s_step']; ckpt = 'ckpt' in spec.split(':')
-        mfu = 4 * N * tps / PEAK_BF16; hfu = (6 if ckpt else 4) * N * tps / PEAK_BF16
+        mfu, hfu = speed.mfu(tps, speed.train_flops_per_token(N)), speed.mfu(tps, speed.train_flops_per_token(N, recompute=ckpt))
         x.update(tokens_per_s=tps, mfu=mfu, hfu=hfu)
         print(f"{spec:<16}{x['tokens_step']:>12.0f}{x['s_step']:>8.3f}{tps:>10.0f}{mfu:>7.1%}{hfu:>7.1%}{x['peak_gib']:>10.2f}  "
               f"{x['loss_first']} -> {x['loss_last']}", flush=True)

@@ -22,20 +22,16 @@ def main(n=20000, max_length=2048, seed=0, repeats=5):
     ds = datasets.Dataset(pa.table({'input_ids': pa.ListArray.from_arrays(off, pa.array(flat)),
                                     'labels': pa.ListArray.from_arrays(off, pa.array(flat))}))
     total = int(L.sum())
-    def best_of(fn, k=repeats):   # the fastest of k runs, the sides alternating (a shared machine's noise only adds time)
-        best = None
-        for _ in range(k):
-            t0 = time.perf_counter(); out = fn(); dt = time.perf_counter() - t0
-            best = dt if best is None else min(best, dt)
-        return best, out
+    def timed(fn):
+        t0 = time.perf_counter(); out = fn(); return time.perf_counter() - t0, out
     try:
         from trl.data_utils import pack_dataset as trl_pack
     except ImportError:
         trl_pack = None; print('TRL not importable: only learnft measured (see the docstring)')
     t_ours = t_trl = float('inf')
-    for _ in range(repeats):
-        dt, (ours, rep) = best_of(lambda: pack_dataset(ds, max_length, verbose=False), 1); t_ours = min(t_ours, dt)
-        if trl_pack: dt, theirs = best_of(lambda: trl_pack(ds, max_length, strategy='bfd'), 1); t_trl = min(t_trl, dt)
+    for _ in range(repeats):   # the fastest of `repeats` runs, the sides alternating (a shared machine's noise only adds time)
+        dt, (ours, rep) = timed(lambda: pack_dataset(ds, max_length, verbose=False)); t_ours = min(t_ours, dt)
+        if trl_pack: dt, theirs = timed(lambda: trl_pack(ds, max_length, strategy='bfd')); t_trl = min(t_trl, dt)
     rows = [('learnft pack_dataset (best fit)', t_ours, len(ours), sum(sum(s) for s in ours['seq_lens']))]
     if trl_pack: rows.insert(0, ('TRL pack_dataset (bfd)', t_trl, len(theirs), sum(sum(s) for s in theirs['seq_lengths'])))
     print(f'{n} samples, {total} tokens, max_length {max_length}; seconds: the fastest of {repeats} runs, alternating\n')

@@ -153,8 +153,8 @@ def pack_dataset(ds, max_length: int, verbose: bool=True):
     cols = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in (tbl['input_ids'], tbl['labels'])]
     offs = [c.offsets.to_numpy() for c in cols]
     idx = where(offs[0])                                        # one numpy gather per column (arrow's take + flatten: ~3x slower)
-    ids, labels = [c.values.to_numpy(zero_copy_only=False)[idx if k == 0 or np.array_equal(o, offs[0]) else where(o)]
-                   for k, (c, o) in enumerate(zip(cols, offs))]
+    ids = cols[0].values.to_numpy(zero_copy_only=False)[idx]
+    labels = cols[1].values.to_numpy(zero_copy_only=False)[idx if np.array_equal(offs[1], offs[0]) else where(offs[1])]
     del idx
     labels[s] = IGNORE_INDEX                                    # a sample's first token is never a target
     pos = np.ones(len(ids), np.int64)                           # 0, 1, 2, ... restarting at each sample: a running sum of

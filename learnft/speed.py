@@ -8,20 +8,21 @@ __all__ = ['H200_BF16_FLOPS', 'linear_params', 'lora_params', 'train_flops_per_t
 # %% ../nbs/08b_speed.ipynb #3e04077a
 H200_BF16_FLOPS = 989e12      # NVIDIA's dense bf16 peak of an H100/H200 SXM (no sparsity)
 
-def linear_params(config) -> int:
-    "Weights of every linear layer a token passes in a Llama-style decoder (`config`: a transformers config or dict): attention and MLP projections of each layer, and the LM head (tied or not: it is a matmul either way)."
+def _dims(config) -> tuple:
+    "(hidden, MLP, layers, vocabulary, query width, key/value width) of a Llama-style config (a transformers config or dict)."
     c = config if isinstance(config, dict) else config.to_dict()
-    h, i, L, V = c['hidden_size'], c['intermediate_size'], c['num_hidden_layers'], c['vocab_size']
-    hd = c.get('head_dim') or h // c['num_attention_heads']
-    q, kv = c['num_attention_heads'] * hd, c.get('num_key_value_heads', c['num_attention_heads']) * hd
+    h = c['hidden_size']; hd = c.get('head_dim') or h // c['num_attention_heads']
+    return (h, c['intermediate_size'], c['num_hidden_layers'], c['vocab_size'], c['num_attention_heads'] * hd,
+            c.get('num_key_value_heads', c['num_attention_heads']) * hd)
+
+def linear_params(config) -> int:
+    "Weights of every linear layer a token passes in a Llama-style decoder: attention and MLP projections of each layer, and the LM head (tied or not: it is a matmul either way)."
+    h, i, L, V, q, kv = _dims(config)
     return L * (h * q + 2 * h * kv + q * h + 3 * h * i) + h * V
 
 def lora_params(config, r: int) -> int:
     "Trained parameters of LoRA rank `r` on every linear layer of each decoder layer (peft's `all-linear`: the LM head is left out)."
-    c = config if isinstance(config, dict) else config.to_dict()
-    h, i, L = c['hidden_size'], c['intermediate_size'], c['num_hidden_layers']
-    hd = c.get('head_dim') or h // c['num_attention_heads']
-    q, kv = c['num_attention_heads'] * hd, c.get('num_key_value_heads', c['num_attention_heads']) * hd
+    h, i, L, V, q, kv = _dims(config)
     return L * r * ((h + q) + 2 * (h + kv) + (q + h) + 3 * (h + i))
 
 def train_flops_per_token(n_frozen: int, n_trained: int=0, recompute: bool=False) -> float:

@@ -152,7 +152,8 @@ def main():
         if tok is None:
             from learnft.models import smollm2_path; tok = str(smollm2_path())
         a.model = str(build_model(a.shape, Path(tempfile.mkdtemp(prefix='bench-lab-'))/f'model-{a.shape}', tok))
-    print(f'# {a.model}, {a.steps} steps (first 2 untimed), {a.threads} threads; torch {torch.__version__}, transformers '
+    shown = f'<tmp>/{Path(a.model).name}' if a.model.startswith(tempfile.gettempdir()) else Path(a.model).name   # no machine paths
+    print(f'# {shown}, {a.steps} steps (first 2 untimed), {a.threads} threads; torch {torch.__version__}, transformers '
           f'{transformers.__version__}, peft {peft.__version__}, bitsandbytes {bitsandbytes.__version__}, trl {trl.__version__}')
     mem = 'peak GPU MiB' if torch.cuda.is_available() else 'peak RSS MiB'
     print(f"{'packing':<9}{'side':<22}{'trained tok/s':>14}{'s/step':>9}{mem:>14}{'tok/s ratio':>13}{'mem ratio':>11}")

@@ -4,7 +4,7 @@
     .venv/bin/python tools/execute_lesson.py nbs/06_quantization.ipynb [nbs/07_qlora.ipynb ...]
     .venv/bin/nbdev_clean                                   # then, as after any edit
     .venv/bin/python tools/execute_lesson.py --section Exercises nbs/0*.ipynb   # only that `## ` section, in a fresh kernel
-    .venv/bin/python tools/execute_lesson.py --cell 'results/bench_lora' nbs/05_lora.ipynb   # the cells holding that text (after the
+    .venv/bin/python tools/execute_lesson.py --cell 'results/bench_lora' nbs/05_lora.ipynb   # the cells holding that text (--cell again: or that one; after the
                                                              # setup above the first `## ` and the `#| export` cells before them)
 
 The `show_doc` cells are then re-rendered from the library by `tools/refresh_show_doc.py` (the form tests/test_api.py checks).
@@ -51,12 +51,12 @@ def in_section(cells, title: str) -> set:
     return out
 
 
-def execute(path: Path, section: str=None, cell: str=None):
+def execute(path: Path, section: str=None, cells: list=None):
     nb = nbformat.read(path, as_version=4)
     only = in_section(nb.cells, section) if section else None
-    if cell is not None:   # the cells holding `cell`, after what they stand on: the setup above the first `## `, the exports
-        only = {i for i, c in enumerate(nb.cells) if c.cell_type == 'code' and cell in c.source}
-        if not only: raise SystemExit(f'no code cell of {path} holds {cell!r}')
+    if cells:   # the cells holding one of `cells`, after what they stand on: the setup above the first `## `, the exports
+        only = {i for i, c in enumerate(nb.cells) if c.cell_type == 'code' and any(t in c.source for t in cells)}
+        if not only: raise SystemExit(f'no code cell of {path} holds any of {cells}')
         first = next((i for i, c in enumerate(nb.cells) if c.cell_type == 'markdown' and c.source.startswith('## ')), 0)
         only |= {i for i, c in enumerate(nb.cells[:max(only)]) if c.cell_type == 'code' and (i < first or 'export' in flags(c.source))}
     client = NotebookClient(nb, kernel_name='python3', timeout=3600, resources={'metadata': {'path': str(path.parent)}})
@@ -73,7 +73,7 @@ def execute(path: Path, section: str=None, cell: str=None):
 
 
 if __name__ == '__main__':
-    args, section, cell = sys.argv[1:], None, None
+    args, section, cells = sys.argv[1:], None, []
     if args[:1] == ['--section']: section, args = args[1], args[2:]
-    if args[:1] == ['--cell']: cell, args = args[1], args[2:]
-    for p in args: execute(Path(p), section, cell)
+    while args[:1] == ['--cell']: cells.append(args[1]); args = args[2:]
+    for p in args: execute(Path(p), section, cells)

@@ -247,9 +247,9 @@ def load_config(name_or_path, cfg_options: list=None) -> dict:
     return validate_config(apply_cfg_options(_raw_config(name_or_path), cfg_options or []))
 
 def _option_value(text: str):
-    "A YAML value (`3`, `true`, `null`, `[q_proj, v_proj]`); numbers YAML 1.1 leaves as text (`1e-3`) become floats."
+    "A YAML value (`3`, `true`, `null`, `[q_proj, v_proj]`); numbers YAML 1.1 leaves as text (`1e-3`) become floats, unless quoted (`'1e-3'`)."
     v = _yaml().safe_load(text) if text.strip() else ''
-    if isinstance(v, str) and _SCI.fullmatch(v): return float(v)
+    if isinstance(v, str) and _SCI.fullmatch(v) and text.strip()[:1] not in ('"', "'"): return float(v)
     return v
 
 def apply_cfg_options(cfg: dict, options: list) -> dict:

@@ -800,3 +800,199 @@ def _grade_10_3(fn):
         got = call(fn, reply, 'Lumi', 'the learnft course', case=repr(reply))
         if bool(got) != want: raise ExerciseFailed(f"{reply!r}: should be {want}, got {got!r}")
     return f"{len(cases)} replies, English and Chinese"
+
+# %% ../nbs/11_exercises.ipynb #b89a0830
+def _cfg_cases():
+    from learnft.config import load_config
+    return load_config('tiny_qlora_self_cognition')
+
+@exercise('10a', 1, 'one --cfg-options override',
+          "`set_option(cfg, option) -> dict`: a copy of the config dict `cfg` with one `section.key=value` override set (the value read as "
+          "YAML: `10`, `true`, `null`, `[q_proj, v_proj]`), `cfg` itself unchanged; an option without `=` is a `ValueError`.")
+def _grade_10a_1(fn):
+    import copy
+    from learnft.config import apply_cfg_options
+    cfg = _cfg_cases()
+    for opt in ('train.max_steps=10', 'lora.r=8', 'lora.target_modules=[q_proj, v_proj]', 'train.gradient_checkpointing=true',
+                'data.val_size=null', 'template=smollm2', 'optim.lr=0.0005'):
+        before = copy.deepcopy(cfg)
+        got = call(fn, cfg, opt, case=repr(opt))
+        if cfg != before: raise ExerciseFailed(f"{opt!r}: your function changed the config it was given; return a copy")
+        same(got, apply_cfg_options(cfg, [opt]), repr(opt), 'the config')
+    expect_error(fn, cfg, 'train.max_steps', case="'train.max_steps' (no '=')")
+    return '7 overrides, the input untouched, a malformed option refused'
+
+@exercise('10a', 2, 'YAML values, and the ones YAML 1.1 gets wrong',
+          "`option_value(text)`: the Python value of an override's right-hand side — YAML (`3` → 3, `true` → True, `null` → None, "
+          "`[a, b]` → a list, `hello` → 'hello'), except that scientific notation YAML 1.1 leaves as text (`1e-3`, `2E5`) is a float.")
+def _grade_10a_2(fn):
+    from learnft.config import _option_value
+    cases = ['3', 'true', 'null', '[q_proj, v_proj]', 'hello', '1e-3', '2E5', '0.5', '-1e-4', '"1e-3"', 'cosine', '[1, 2.5]']
+    for t in cases:
+        got, want = call(fn, t, case=repr(t)), _option_value(t)
+        if got != want or type(got) is not type(want): raise ExerciseFailed(f"{t!r}: expected {want!r} ({type(want).__name__}), got {got!r} ({type(got).__name__})")
+    return f'{len(cases)} values, 1e-3 a float, "1e-3" a string'
+
+@exercise('10a', 3, 'what a copied config changed',
+          "`changed_keys(base, edited) -> list`: the dotted keys (`lora.r`, `train.max_steps`) whose values differ between two config "
+          "dicts, sorted; a key present in only one of them counts as changed; a section is compared key by key, not as a whole.")
+def _grade_10a_3(fn):
+    from learnft.config import apply_cfg_options
+    def ref(a, b, pre=''):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            x, y = a.get(k, KeyError), b.get(k, KeyError)
+            if isinstance(x, dict) and isinstance(y, dict): out += ref(x, y, f'{pre}{k}.')
+            elif x != y: out.append(pre + k)
+        return sorted(out)
+    cfg = _cfg_cases()
+    edits = [[], ['lora.r=8'], ['lora.r=8', 'train.max_steps=3', 'template=smollm2'], ['data.val_size=0.1', 'optim.betas=[0.9, 0.95]']]
+    for e in edits:
+        b = apply_cfg_options(cfg, e)
+        same(call(fn, cfg, b, case=f'edits {e}'), ref(cfg, b), f'edits {e}', 'the changed keys')
+    extra = {**cfg, 'notes': 'mine'}
+    same(call(fn, cfg, extra, case='a key only the edited config has'), ['notes'], 'a key only the edited config has', 'the changed keys')
+    return f'{len(edits) + 1} pairs of configs'
+
+@exercise('10c', 1, 'the complete checkpoints of a run',
+          "`complete_checkpoints(work_dir) -> list`: the `checkpoint-<step>` folders of `work_dir` that hold a `state.json`, oldest "
+          "(smallest step) first — step 10 after step 9 —, without the half-written `.tmp-checkpoint-*` folders or anything else.")
+def _grade_10c_1(fn):
+    import tempfile
+    from pathlib import Path
+    from learnft.checkpoint import checkpoints
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        for name, done in (('checkpoint-2', True), ('checkpoint-10', True), ('checkpoint-9', True), ('checkpoint-12', False),
+                           ('.tmp-checkpoint-14', True), ('checkpoint-1', True), ('adapter', True)):
+            (d/name).mkdir()
+            if done: (d/name/'state.json').write_text('{}')
+        got = [Path(p) for p in call(fn, d, case='a run folder')]
+        same([p.name for p in got], [p.name for p in checkpoints(d)], 'a run folder with 7 folders', 'the checkpoints')
+        same(call(fn, d/'adapter', case='a folder without checkpoints'), [], 'a folder without checkpoints')
+    return 'numeric order; unfinished and temporary folders left out'
+
+@exercise('10c', 2, 'which checkpoints to delete',
+          "`to_delete(steps, keep) -> list`: after a save, the steps of the checkpoints to remove so that only the newest `keep` "
+          "remain (`steps` in any order; the result oldest first); `keep` below 1 is a `ValueError` — a run must keep the one it just wrote.")
+def _grade_10c_2(fn):
+    for steps, keep in (([5, 10, 15], 2), ([15, 5, 10], 2), ([3], 2), ([1, 2, 3, 4, 20, 11], 3), ([7, 8], 1), ([], 2)):
+        same(call(fn, list(steps), keep, case=f'steps {steps}, keep {keep}'), sorted(steps)[:-keep] if len(steps) > keep else [],
+             f'steps {steps}, keep {keep}', 'the steps to delete')
+    expect_error(fn, [1, 2], 0, case='keep=0')
+    return '6 runs; keep=0 refused'
+
+@exercise('10c', 3, 'a folder written atomically',
+          "`atomic_write(final_dir, write) -> Path`: call `write(tmp)` to fill a temporary folder beside `final_dir`, then put it in "
+          "place with one `os.replace` (replacing an older `final_dir`); when `write` raises, `final_dir` must be exactly as it was "
+          "and the error must reach the caller.")
+def _grade_10c_3(fn):
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as d:
+        final = Path(d)/'checkpoint-3'
+        call(fn, final, lambda t: (Path(t)/'state.json').write_text('new'), case='a first write')
+        if not (final/'state.json').exists() or (final/'state.json').read_text() != 'new':
+            raise ExerciseFailed("a first write: final_dir/state.json should hold what write() wrote")
+        def crash(t):
+            (Path(t)/'state.json').write_text('half'); raise OSError('disk full')
+        try: fn(final, crash)
+        except NotImplementedError: raise NotAttempted() from None
+        except OSError: pass
+        else: raise ExerciseFailed("a write that raises OSError: the error should reach the caller")
+        if (final/'state.json').read_text() != 'new': raise ExerciseFailed("a write that failed half-way changed final_dir: it must stay as it was")
+        call(fn, final, lambda t: (Path(t)/'state.json').write_text('newer'), case='a second write')
+        if (final/'state.json').read_text() != 'newer': raise ExerciseFailed("a second write: it should replace the older folder")
+        left = [p.name for p in Path(d).iterdir() if p.name != 'checkpoint-3']
+        if len(left) > 1: raise ExerciseFailed(f"temporary folders pile up beside final_dir: {left}")
+    return 'written, kept intact through a crash, replaced'
+
+@exercise('10d', 1, 'the data order of a step',
+          "`step_rows(n_rows, step, batch_size, accumulative_counts, seed) -> list`: the row indices of each micro-batch of optimizer "
+          "step `step`: epoch e is `torch.randperm(n_rows)` drawn from a generator seeded `seed + e`, and the steps walk the epochs in "
+          "order, `batch_size · accumulative_counts` rows each — so a resumed run, or any number of ranks, sees the same rows.")
+def _grade_10d_1(fn):
+    from learnft.trainer import batch_indices
+    for n, step, b, acc, seed in ((10, 0, 2, 1, 0), (10, 4, 2, 1, 0), (10, 3, 2, 2, 7), (7, 5, 3, 1, 1), (5, 0, 4, 3, 2)):
+        same(call(fn, n, step, b, acc, seed, case=f'n_rows={n}, step={step}'), batch_indices(n, step, b, acc, seed),
+             f'n_rows={n}, step={step}, batch {b} x {acc}, seed {seed}', 'the micro-batches')
+    return '5 steps, across epoch boundaries'
+
+@exercise('10d', 2, 'how many optimizer steps',
+          "`run_steps(max_steps, max_epochs, n_rows, batch_size, accumulative_counts, world_size) -> int`: `max_steps` when it is set "
+          "(not None), else enough steps for `max_epochs` passes over the rows at a global batch of batch × accumulation × ranks, rounded "
+          "up, and at least 1.")
+def _grade_10d_2(fn):
+    from learnft.trainer import total_steps
+    for ms, ep, n, b, acc, w in ((75, 3, 100, 2, 1, 1), (None, 3, 100, 2, 1, 1), (None, 1, 100, 4, 4, 2), (None, 0.5, 10, 2, 1, 1),
+                                 (None, 2, 3, 16, 1, 1), (None, 1, 1001, 8, 2, 4)):
+        cfg = {'train': {'max_steps': ms, 'max_epochs': ep, 'batch_size': b, 'accumulative_counts': acc}}
+        same(call(fn, ms, ep, n, b, acc, w, case=f'{ms}, {ep} epochs of {n} rows'), total_steps(cfg, n, w),
+             f'max_steps={ms}, {ep} epochs of {n} rows, batch {b} x {acc} x {w} ranks', 'the steps')
+    return '6 runs'
+
+@exercise('10d', 3, 'the learning rate at a step',
+          "`lr_at(step, total, lr, warmup_ratio) -> float`: the lab's schedule (transformers' cosine with warm-up): "
+          "`int(warmup_ratio · total)` warm-up steps rising linearly from 0, then a half cosine from `lr` to 0 at step `total`.")
+def _grade_10d_3(fn):
+    import torch
+    from learnft.trainer import make_optimizer
+    for total, lr, wr in ((75, 1e-3, 0.03), (100, 2e-4, 0.1), (10, 5e-4, 0.0), (40, 1e-3, 0.25)):
+        cfg = {'optim': {'lr': lr, 'weight_decay': 0.0, 'betas': [0.9, 0.999], 'scheduler': 'cosine', 'warmup_ratio': wr}}
+        m = torch.nn.Linear(2, 2); opt, sched = make_optimizer(m, cfg, total)
+        for step in range(total + 1):
+            want = opt.param_groups[0]['lr']
+            got = call(fn, step, total, lr, wr, case=f'step {step} of {total}')
+            if abs(got - want) > 1e-12 + 1e-9 * want: raise ExerciseFailed(f"step {step} of {total} (lr {lr}, warm-up {wr}): expected {want:.6g}, got {got:.6g}")
+            opt.step(); sched.step()
+    return 'every step of 4 schedules'
+
+@exercise('10g', 1, "llama.cpp's Q/K row order",
+          "`permute_rows(w, n_head) -> np.ndarray`: the rows of a `q_proj` or `k_proj` weight (numpy, out × in) reordered as llama.cpp "
+          "stores them: within each head of d rows, row i + d/2 right after row i (the pairs RoPE rotates, interleaved).")
+def _grade_10g_1(fn):
+    import numpy as np
+    from learnft.export import llama_permute
+    rng = np.random.default_rng(0)
+    for heads, d, k in ((1, 4, 3), (2, 4, 5), (3, 8, 2), (4, 16, 7)):
+        w = rng.standard_normal((heads * d, k)).astype(np.float32)
+        got = np.asarray(call(fn, w.copy(), heads, case=f'{heads} heads of {d} rows'))
+        same(got.shape, w.shape, f'{heads} heads of {d} rows', 'the shape')
+        if not np.array_equal(got, llama_permute(w, heads)):
+            bad = next(i for i in range(w.shape[0]) if not np.array_equal(got[i], llama_permute(w, heads)[i]))
+            raise ExerciseFailed(f"{heads} heads of {d} rows: row {bad} should be the original row "
+                                 f"{int(np.where((w == llama_permute(w, heads)[bad]).all(1))[0][0])}")
+    return '4 shapes, row for row'
+
+@exercise('10g', 2, 'Q8_0 blocks, byte for byte',
+          "`q8_0(row) -> bytes`: a float32 row (its length a multiple of 32) in GGUF's Q8_0, 34 bytes per block of 32 weights: the "
+          "scale d = max|x| / 127 stored as float16, then the codes round(x · (1/d)) as int8, computed in float32 with d before its "
+          "float16 rounding and halves rounded away from zero (a block of zeros: d = 0, codes 0).")
+def _grade_10g_2(fn):
+    import numpy as np
+    from learnft.export import encode_tensor
+    rng = np.random.default_rng(1)
+    halves = np.array([127, 0.5, 1.5, 2.5, -0.5, -2.5, 3.5, -126.5] + [0] * 24)     # d = 1: codes exactly halfway
+    rows = [rng.standard_normal(32), rng.standard_normal(96) * 3, np.zeros(32), np.linspace(-1, 1, 64), rng.standard_normal(32) * 1e-3, halves]
+    for j, r in enumerate(rows):
+        r = r.astype(np.float32)
+        want = np.asarray(encode_tensor(r[None], 'q8_0')[0]).tobytes()
+        got = bytes(call(fn, r.copy(), case=f'row {j} ({len(r)} weights)'))
+        same(len(got), len(want), f'row {j} ({len(r)} weights)', 'the length in bytes')
+        if got != want:
+            i = next(i for i in range(len(want)) if got[i] != want[i])
+            raise ExerciseFailed(f"row {j}: byte {i} (block {i // 34}, {'the scale' if i % 34 < 2 else f'code {i % 34 - 2}'}) should be {want[i]}, got {got[i]}")
+    return f'{len(rows)} rows, identical to the gguf package'
+
+@exercise('10g', 3, "llama.cpp's tensor names",
+          "`gguf_tensor_name(hf_name) -> str`: llama.cpp's name for a transformers Llama tensor — `model.embed_tokens.weight` → "
+          "`token_embd.weight`, `model.layers.3.self_attn.q_proj.weight` → `blk.3.attn_q.weight`, and so on for k, v, o, the MLP's "
+          "gate/up/down, both norms, the final norm and `lm_head`; any other name is a `ValueError`.")
+def _grade_10g_3(fn):
+    from learnft.export import gguf_name
+    names = ['model.embed_tokens.weight', 'model.norm.weight', 'lm_head.weight'] + [
+        f'model.layers.{i}.{p}.weight' for i in (0, 7, 29) for p in ('self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj',
+        'self_attn.o_proj', 'mlp.gate_proj', 'mlp.up_proj', 'mlp.down_proj', 'input_layernorm', 'post_attention_layernorm')]
+    for n in names: same(call(fn, n, case=repr(n)), gguf_name(n, 30), repr(n), 'the name')
+    expect_error(fn, 'model.layers.0.self_attn.rotary_emb.inv_freq', case='a tensor llama.cpp does not store')
+    return f'{len(names)} names, and an unknown one refused'

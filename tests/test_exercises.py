@@ -25,6 +25,24 @@ def _agent_without_results(generate, question, registry, max_steps=4):
         messages.append({'role': 'assistant', 'content': text})      # forgets to run the tool
     return None
 
+def _set_in_place(cfg, option):                        # writes into the caller's dict
+    key, _, value = option.partition('=')
+    if '=' not in option: raise ValueError(option)
+    *secs, last = key.split('.'); node = cfg
+    for s in secs: node = node.setdefault(s, {})
+    node[last] = __import__('yaml').safe_load(value)
+    return cfg
+
+def _write_in_place(final_dir, write):                 # no temporary folder: a crash leaves final_dir half-written
+    from pathlib import Path
+    Path(final_dir).mkdir(parents=True, exist_ok=True); write(Path(final_dir)); return Path(final_dir)
+
+def _q8_0_round_half_even(row):                        # np.round: halves to even, where ggml rounds them away from zero
+    import numpy as np
+    b = row.astype(np.float32).reshape(-1, 32); d = np.abs(b).max(1, keepdims=True) / 127
+    q = np.round(b * np.where(d == 0, 0, 1 / np.where(d == 0, 1, d))).astype(np.int8)
+    return np.concatenate([d.astype(np.float16).view(np.uint8), q.view(np.uint8)], 1).tobytes()
+
 WRONG = {
     ('00', 1): (_wrong_params, 'count it once'),
     ('00', 2): (lambda w, blocksize=32: torch.full((w.numel() // blocksize,), blocksize), 'distinct values, you counted 32'),
@@ -70,6 +88,19 @@ WRONG = {
     ('10', 1): (lambda k, n, z=1.96: (k / n - z * math.sqrt(k / n * (1 - k / n) / n), k / n + z * math.sqrt(k / n * (1 - k / n) / n)), '23/24'),
     ('10', 2): (lambda: ['lora.r=8', 'optim.lr=2e-4'], 'quantization.bits'),
     ('10', 3): (lambda reply, name, author: name.lower() in reply.lower(), 'should be False'),
+    ('10a', 1): (_set_in_place, 'changed the config it was given'),
+    ('10a', 2): (lambda text: __import__('yaml').safe_load(text), "'1e-3': expected 0.001 (float)"),   # YAML 1.1's text
+    ('10a', 3): (lambda a, b: sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)), "'lora.r=8'"),   # whole sections
+    ('10c', 1): (lambda d: sorted(__import__('pathlib').Path(d).glob('checkpoint-*')), 'the checkpoints'),   # by name, unfinished ones too
+    ('10c', 2): (lambda steps, keep: sorted(steps)[:-keep], 'keep=0'),                 # [:-0] deletes nothing
+    ('10c', 3): (_write_in_place, 'failed half-way'),
+    ('10d', 1): (lambda n, step, b, acc, seed: [list(range(step * b * acc + m * b, step * b * acc + (m + 1) * b)) for m in range(acc)],
+                 'the micro-batches'),                               # no shuffling
+    ('10d', 2): (lambda ms, ep, n, b, acc, w: ms or max(1, int(ep * n / (b * acc * w))), 'the steps'),   # rounded down
+    ('10d', 3): (lambda step, total, lr, wr: lr * 0.5 * (1 + math.cos(math.pi * step / total)), 'warm-up'),   # no warm-up
+    ('10g', 1): (lambda w, n_head: w, 'should be the original row'),
+    ('10g', 2): (_q8_0_round_half_even, 'should be'),
+    ('10g', 3): (lambda n: n.replace('model.layers.', 'blk.').replace('model.', ''), 'the name'),
 }
 
 

@@ -22,8 +22,8 @@ copyright = "2026 onwards, learnft developers"
 extensions = ["myst_nb"]
 nb_execution_mode = "off"          # notebooks keep their saved outputs; CI runs them in nbdev_test
 nb_render_markdown_format = "myst"
-nb_code_prompt_show = "Show the solution"   # the only folded inputs are the exercises' solutions (`#| code-fold: true`)
-nb_code_prompt_hide = "Hide the solution"
+nb_code_prompt_show = "Show the solution"   # folded inputs: the exercises' solutions (`#| code-fold: true`), and long
+nb_code_prompt_hide = "Hide the solution"   # infrastructure cells (metadata learnft.fold, their own prompt)
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "html_image"]
 html_theme = "sphinx_book_theme"
 html_title = "learnft"
@@ -128,9 +128,13 @@ def convert_notebook(nb, toc=None, api=None):
         tags = list(cell.get('metadata', {}).get('tags', []))
         if str(opts.get('echo', '')).lower() == 'false': tags.append('remove-input')
         if str(opts.get('output', '')).lower() == 'false': tags.append('remove-output')
+        meta = dict(cell.get('metadata', {}))
         if str(opts.get('code-fold', '')).lower() == 'true': tags.append('hide-input')   # a folded solution: shown on a click
+        if fold := meta.pop('learnft', {}).get('fold'):   # a long infrastructure cell (exported, so no `#|` line): folded under its summary
+            tags.append('hide-input')
+            meta['mystnb'] = {'code_prompt_show': f'Show the code: {fold}', 'code_prompt_hide': f'Hide the code: {fold}'}
         if not code.strip() and not cell.get('outputs'): continue
-        out.append({**cell, 'source': code, 'metadata': {**cell.get('metadata', {}), 'tags': tags}})
+        out.append({**cell, 'source': code, 'metadata': {**meta, 'tags': tags}})
     if toc:
         out.append({'cell_type': 'markdown', 'metadata': {},
                     'source': '```{toctree}\n:hidden:\n:maxdepth: 1\n\n' + '\n'.join(toc) + '\n```\n'})

@@ -6,6 +6,7 @@
     .venv/bin/python tools/execute_lesson.py --section Exercises nbs/0*.ipynb   # only that `## ` section, in a fresh kernel
     .venv/bin/python tools/execute_lesson.py --cell 'results/bench_lora' nbs/05_lora.ipynb   # the cells holding that text (--cell again: or that one; after the
                                                              # setup above the first `## ` and the `#| export` cells before them)
+    .venv/bin/python tools/execute_lesson.py --slow --cell 'run_lab(' nbs/10_lab_qlora.ipynb   # `#| slow` cells too (never `#| gpu`)
 
 The `show_doc` cells are then re-rendered from the library by `tools/refresh_show_doc.py` (the form tests/test_api.py checks).
 
@@ -51,7 +52,7 @@ def in_section(cells, title: str) -> set:
     return out
 
 
-def execute(path: Path, section: str=None, cells: list=None):
+def execute(path: Path, section: str=None, cells: list=None, slow: bool=False):
     nb = nbformat.read(path, as_version=4)
     only = in_section(nb.cells, section) if section else None
     if cells:   # the cells holding one of `cells`, after what they stand on: the setup above the first `## `, the exports
@@ -63,7 +64,8 @@ def execute(path: Path, section: str=None, cells: list=None):
     t0, ran = time.time(), 0
     with client.setup_kernel():
         for i, cell in enumerate(nb.cells):
-            if cell.cell_type != 'code' or flags(cell.source) & FLAGS or (only is not None and i not in only): continue
+            skip = FLAGS - ({'slow'} if slow else set())
+            if cell.cell_type != 'code' or flags(cell.source) & skip or (only is not None and i not in only): continue
             client.execute_cell(cell, i)
             cell.outputs = quiet(cell.outputs); ran += 1
     nbformat.write(nb, path)
@@ -73,7 +75,8 @@ def execute(path: Path, section: str=None, cells: list=None):
 
 
 if __name__ == '__main__':
-    args, section, cells = sys.argv[1:], None, []
+    args, section, cells, slow = sys.argv[1:], None, [], False
+    if args[:1] == ['--slow']: slow, args = True, args[1:]
     if args[:1] == ['--section']: section, args = args[1], args[2:]
     while args[:1] == ['--cell']: cells.append(args[1]); args = args[2:]
-    for p in args: execute(Path(p), section, cells)
+    for p in args: execute(Path(p), section, cells, slow)

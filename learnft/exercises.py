@@ -801,7 +801,7 @@ def _grade_10_3(fn):
         if bool(got) != want: raise ExerciseFailed(f"{reply!r}: should be {want}, got {got!r}")
     return f"{len(cases)} replies, English and Chinese"
 
-# %% ../nbs/11_exercises.ipynb #b89a0830
+# %% ../nbs/11_exercises.ipynb #a823d0ff
 def _cfg_cases():
     from learnft.config import load_config
     return load_config('tiny_qlora_self_cognition')
@@ -996,3 +996,45 @@ def _grade_10g_3(fn):
     for n in names: same(call(fn, n, case=repr(n)), gguf_name(n, 30), repr(n), 'the name')
     expect_error(fn, 'model.layers.0.self_attn.rotary_emb.inv_freq', case='a tensor llama.cpp does not store')
     return f'{len(names)} names, and an unknown one refused'
+
+@exercise('10e', 1, 'one system message',
+          "`set_system(messages, system) -> list`: the conversation with `system` as its only system message, first; any system "
+          "message it had is dropped; `system=None` or '' leaves it as it is; a plain string is one user question. The input list is not changed.")
+def _grade_10e_1(fn):
+    import copy
+    from learnft.chat import with_system
+    convs = [[{'role': 'user', 'content': 'Hi'}],
+             [{'role': 'system', 'content': 'old'}, {'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hey'}],
+             [{'role': 'user', 'content': 'a'}, {'role': 'system', 'content': 'late'}, {'role': 'user', 'content': 'b'}], 'Who are you?']
+    for conv in convs:
+        for system in ('You are Lumi.', None, ''):
+            before = copy.deepcopy(conv)
+            got = call(fn, conv, system, case=f'{conv!r:.50}, system={system!r}')
+            if conv != before: raise ExerciseFailed(f"{conv!r:.50}: your function changed the list it was given")
+            same(got, with_system(conv, system), f'{conv!r:.60}, system={system!r}', 'the messages')
+    return f'{len(convs)} conversations x 3 system prompts'
+
+@exercise('10e', 2, 'greedy or sampling: the options for generate',
+          "`generate_options(temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0) -> dict`: `model.generate`'s keyword "
+          "arguments — temperature 0 is greedy (`do_sample=False` and temperature, top_p, top_k all None), above 0 sampling with them "
+          "(top_k 0 means off: None); `repetition_penalty` only when it is not 1; a ValueError for temperature < 0, top_p outside (0, 1], "
+          "a negative or non-integer top_k, or repetition_penalty <= 0.")
+def _grade_10e_2(fn):
+    from learnft.chat import sampling_kwargs
+    for args in ((0.0, 1.0, 0, 1.0), (0.7, 0.9, 0, 1.0), (1.0, 1.0, 50, 1.1), (0.0, 0.5, 10, 1.3), (0.2, 0.95, 5, 1.0)):
+        same(call(fn, *args, case=f'{args}'), sampling_kwargs(*args), f'temperature, top_p, top_k, repetition_penalty = {args}', 'the options')
+    for bad in ((-0.1, 1.0, 0, 1.0), (0.7, 0.0, 0, 1.0), (0.7, 1.5, 0, 1.0), (0.7, 0.9, -1, 1.0), (0.7, 0.9, 2.5, 1.0), (0.7, 0.9, 0, 0.0)):
+        expect_error(fn, *bad, case=f'{bad}')
+    return '5 settings and 6 bad values'
+
+@exercise('10e', 3, 'the prompt a server sends',
+          "`served_prompt(tokenizer, question, system=None) -> list`: the token ids transformers, vLLM or `learnft chat` send for one "
+          "user question — the tokenizer's own chat template with the generation prompt, and `system` (when given) as its system message.")
+def _grade_10e_3(fn):
+    from learnft.chat import prompt_ids, with_system
+    from learnft.models import smollm2_path
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(smollm2_path()))
+    for q, system in (('Who are you?', None), ('你是谁？', None), ('2+2?', 'You are terse.'), ('Hi', 'You are Lumi.')):
+        same(list(call(fn, tok, q, system, case=repr(q))), prompt_ids(tok, with_system(q, system))[1], f'{q!r}, system={system!r}', 'the token ids')
+    return "4 questions through SmolLM2's own template"

@@ -98,6 +98,10 @@ WRONG = {
                  'the micro-batches'),                               # no shuffling
     ('10d', 2): (lambda ms, ep, n, b, acc, w: ms or max(1, int(ep * n / (b * acc * w))), 'the steps'),   # rounded down
     ('10d', 3): (lambda step, total, lr, wr: lr * 0.5 * (1 + math.cos(math.pi * step / total)), 'warm-up'),   # no warm-up
+    ('10e', 1): (lambda msgs, system: ([{'role': 'system', 'content': system}] if system else []) + ([{'role': 'user', 'content': msgs}]
+                 if isinstance(msgs, str) else list(msgs)), 'the messages'),          # keeps the old system message too
+    ('10e', 2): (lambda t=0.0, p=1.0, k=0, r=1.0: {'do_sample': t > 0, 'temperature': t, 'top_p': p, 'top_k': k}, 'the options'),
+    ('10e', 3): (lambda tok, q, system=None: tok(q)['input_ids'], 'the token ids'),   # the question without its template
     ('10g', 1): (lambda w, n_head: w, 'should be the original row'),
     ('10g', 2): (_q8_0_round_half_even, 'should be'),
     ('10g', 3): (lambda n: n.replace('model.layers.', 'blk.').replace('model.', ''), 'the name'),

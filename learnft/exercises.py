@@ -1038,3 +1038,130 @@ def _grade_10e_3(fn):
     for q, system in (('Who are you?', None), ('你是谁？', None), ('2+2?', 'You are terse.'), ('Hi', 'You are Lumi.')):
         same(list(call(fn, tok, q, system, case=repr(q))), prompt_ids(tok, with_system(q, system))[1], f'{q!r}, system={system!r}', 'the token ids')
     return "4 questions through SmolLM2's own template"
+
+def _launcher_env_ref(env):
+    out = []
+    for key, default in (('RANK', '0'), ('WORLD_SIZE', '1'), ('LOCAL_RANK', '0')):
+        v = env.get(key, default)
+        if not str(v).isdigit(): raise ValueError(f'{key}={v!r}: expected a non-negative integer')
+        out.append(int(v))
+    rank, world, local = out
+    if world < 1 or rank >= world or local > rank: raise ValueError(f'RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local}: inconsistent')
+    return rank, world, local
+
+@exercise('10b', 1, "a rank from the launcher's environment",
+          "`launcher_rank(env) -> (rank, world_size, local_rank)`: what torchrun tells a process in `RANK`, `WORLD_SIZE` and `LOCAL_RANK` "
+          "(strings; absent: 0, 1, 0 — a world of one); a `ValueError` for a value that is not a non-negative integer, a world of 0, "
+          "a rank not below the world size, or a local rank above the rank.")
+def _grade_10b_1(fn):
+    for env in ({}, {'RANK': '1', 'WORLD_SIZE': '2', 'LOCAL_RANK': '1'}, {'RANK': '5', 'WORLD_SIZE': '8', 'LOCAL_RANK': '1'},
+                {'WORLD_SIZE': '1'}, {'RANK': '0', 'WORLD_SIZE': '4', 'LOCAL_RANK': '0', 'MASTER_PORT': '29500'}):
+        same(tuple(call(fn, dict(env), case=repr(env))), _launcher_env_ref(env), repr(env), '(rank, world, local rank)')
+    for bad in ({'RANK': '2', 'WORLD_SIZE': '2'}, {'RANK': 'one'}, {'WORLD_SIZE': '0'}, {'RANK': '-1', 'WORLD_SIZE': '2'},
+                {'RANK': '0', 'WORLD_SIZE': '2', 'LOCAL_RANK': '1'}):
+        expect_error(fn, dict(bad), case=repr(bad))
+    return '5 environments and 5 inconsistent ones'
+
+@exercise('10b', 2, "each rank's share of a step",
+          "`rank_rows(micro_batches, rank, world_size) -> list`: the micro-batches of one optimizer step's global batch that `rank` "
+          "trains, as the trainer deals them: a contiguous block of len/world_size, rank 0 the first — so the ranks together train "
+          "each row once; a `ValueError` when the micro-batches do not divide evenly among the ranks (a rank would idle or train twice).")
+def _grade_10b_2(fn):
+    steps = [[[0, 1], [2, 3]], [[4], [5], [6], [7]], [[i, i + 1] for i in range(0, 16, 2)]]
+    for micro in steps:
+        for world in (1, 2, 4):
+            if len(micro) % world: continue
+            k = len(micro) // world
+            got = [call(fn, micro, r, world, case=f'{len(micro)} micro-batches, rank {r} of {world}') for r in range(world)]
+            for r in range(world): same(got[r], micro[r * k:(r + 1) * k], f'{len(micro)} micro-batches, rank {r} of {world}', 'the micro-batches')
+    expect_error(fn, [[0], [1], [2]], 0, 2, case='3 micro-batches over 2 ranks')
+    return '3 steps over 1, 2 and 4 ranks; an uneven split refused'
+
+@exercise('10b', 3, 'the loss a ZeRO-2 step logs',
+          "`step_loss(losses, tokens) -> (loss, tokens)`: what rank 0 logs for one step when each rank reports its own mean loss and "
+          "the tokens it trained: the plain mean of the ranks' losses — the objective whose gradient the ranks averaged — and the "
+          "tokens summed; an empty list of ranks is a `ValueError`.")
+def _grade_10b_3(fn):
+    for losses, tokens in (([2.0], [10]), ([1.0, 3.0], [10, 10]), ([1.0, 3.0], [30, 10]), ([2.5, 0.5, 1.5], [7, 1, 3]), ([0.5 * i for i in range(8)], list(range(1, 9)))):
+        got = call(fn, losses, tokens, case=f'{losses}, {tokens}')
+        if not isinstance(got, (tuple, list)) or len(got) != 2: raise ExerciseFailed(f'losses {losses}: return (loss, tokens), got {got!r}')
+        close(got[0], sum(losses) / len(losses), f'losses {losses}, tokens {tokens}', rtol=1e-9, what='the loss')
+        same(got[1], sum(tokens), f'losses {losses}, tokens {tokens}', 'the tokens')
+    expect_error(fn, [], [], case='no ranks')
+    return "5 steps; each rank's mean counts once, as in the averaged gradient"
+
+@exercise('10f', 1, 'the train command, parsed',
+          "`parse_train(argv) -> dict`: `learnft train`'s arguments — `config`, `work_dir` (default None), `resume` (a flag), "
+          "`max_steps` (an int, default None), `deepspeed` (only `zero2`, default None) and `cfg_options` (every KEY=VALUE after "
+          "`--cfg-options`, default []) — from `argv` such as `['train', 'x.yaml', '--max-steps', '5']`; a bad value makes argparse exit.")
+def _grade_10f_1(fn):
+    from learnft.cli import build_parser
+    keys = ('config', 'work_dir', 'resume', 'max_steps', 'deepspeed', 'cfg_options')
+    for argv in (['train', 'x.yaml'], ['train', 'lab', '--max-steps', '5', '--resume'], ['train', 'c.yaml', '--work-dir', 'w', '--deepspeed', 'zero2'],
+                 ['train', 'c.yaml', '--cfg-options', 'lora.r=8', 'train.max_steps=3'], ['train', 'c', '--cfg-options', 'a.b=1', '--resume']):
+        want = {k: getattr(build_parser().parse_args(argv), k) for k in keys}
+        got = call(fn, list(argv), case=' '.join(argv))
+        same({k: got.get(k) for k in keys} if isinstance(got, dict) else got, want, ' '.join(argv), 'the arguments')
+    for bad in (['train', 'c', '--deepspeed', 'zero3'], ['train', 'c', '--max-steps', 'ten'], ['train']):
+        import contextlib, io
+        with contextlib.redirect_stderr(io.StringIO()): expect_error(fn, bad, case=' '.join(bad), errors=(SystemExit,))
+    return '5 command lines and 3 bad ones'
+
+@exercise('10f', 2, "NPROC_PER_NODE's torchrun command",
+          "`torchrun_argv(argv, nproc, python='python') -> list`: the command `NPROC_PER_NODE=N learnft train ...` runs instead of "
+          "training itself: `python -m torch.distributed.run --standalone --nproc_per_node N -m learnft.cli` followed by the original "
+          "arguments; `nproc` a string as the environment gives it, a `ValueError` unless it is a positive integer.")
+def _grade_10f_2(fn):
+    for argv, n in ((['train', 'c.yaml', '--deepspeed', 'zero2'], '2'), (['train', 'lab', '--deepspeed', 'zero2', '--max-steps', '3'], '8')):
+        want = ['python', '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', n, '-m', 'learnft.cli', *argv]
+        same(list(call(fn, list(argv), n, case=f'{n} ranks')), want, f'NPROC_PER_NODE={n} {" ".join(argv)}', 'the command')
+    for bad in ('0', 'two', '-1', ''): expect_error(fn, ['train', 'c'], bad, case=f'NPROC_PER_NODE={bad!r}')
+    return '2 launches; 4 bad NPROC_PER_NODE values refused'
+
+@exercise('10f', 3, 'where a run writes',
+          "`work_dir_for(config, work_dir=None) -> Path`: `--work-dir` when given, else `work_dirs/<config name>` — the file name "
+          "without its folder and extension for a `.yaml`/`.json` path, the name itself for a shipped config.")
+def _grade_10f_3(fn):
+    from pathlib import Path
+    for config, wd in (('smollm2_135m_qlora_self_cognition', None), ('configs/mine.yaml', None), ('/tmp/x/run.json', None),
+                       ('lab.yaml', 'out/lab'), ('tiny_qlora_self_cognition', 'w')):
+        want = Path(wd) if wd else Path('work_dirs')/Path(config).stem
+        same(Path(call(fn, config, wd, case=repr(config))), want, f'{config!r}, work_dir={wd!r}', 'the work dir')
+    return '5 runs'
+
+@exercise('10h', 1, "the page's conversation as messages",
+          "`page_messages(history) -> list`: Gradio's Chatbot history as plain `{'role', 'content'}` messages: each entry a dict whose "
+          "`content` is a string or a list of parts (strings, or dicts with a `text` key; other parts, such as files, count as ''), "
+          "joined; None is an empty conversation.")
+def _grade_10h_1(fn):
+    from learnft.web import _as_messages
+    hists = [None, [], [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello!'}],
+             [{'role': 'user', 'content': [{'type': 'text', 'text': 'Who '}, {'type': 'text', 'text': 'are you?'}]}],
+             [{'role': 'user', 'content': ['a', {'text': 'b'}, {'type': 'file', 'path': 'x.png'}]}, {'role': 'assistant', 'content': [{'text': None}]}]]
+    for h in hists: same(call(fn, h, case=repr(h)[:50]), _as_messages(h), repr(h)[:70], 'the messages')
+    return f'{len(hists)} histories, Gradio 6 content parts among them'
+
+@exercise('10h', 2, 'sending a message',
+          "`send(message, history) -> (box, messages)`: the first step of Send — the typed message appended as a user turn to "
+          "`page_messages(history)` and the box emptied (''); a blank or whitespace-only message appends nothing and leaves the box as it was.")
+def _grade_10h_2(fn):
+    from learnft.web import _add_user
+    for msg, h in (('Hi', []), ('And you?', [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hey'}]), ('   ', []),
+                   ('', [{'role': 'user', 'content': 'x'}]), ('你好', None)):
+        got = call(fn, msg, h, case=repr(msg))
+        same(tuple(got), _add_user(msg, h), f'message {msg!r}', '(box, messages)')
+    return '5 sends, blank ones ignored'
+
+@exercise('10h', 3, 'a reply that grows',
+          "`growing(pieces) -> list`: the texts the page shows while a reply streams in `pieces` (what the streamer yields): after each "
+          "piece the reply so far, stripped, but only when it changed; an empty stream still shows one empty reply ['']. ")
+def _grade_10h_3(fn):
+    def ref(pieces):
+        text, shown, out = '', None, []
+        for p in pieces:
+            text += p
+            if text.strip() != shown: shown = text.strip(); out.append(shown)
+        return out or ['']
+    for pieces in ([], ['Hello', ', ', 'world', '!'], [' ', 'Hi', ' ', ' ', 'there'], ['\n', '\n'], ['我', '是', 'Lumi']):
+        same(list(call(fn, list(pieces), case=repr(pieces))), ref(pieces), f'pieces {pieces!r}', 'the texts shown')
+    return '5 streams'

@@ -91,6 +91,9 @@ WRONG = {
     ('10a', 1): (_set_in_place, 'changed the config it was given'),
     ('10a', 2): (lambda text: __import__('yaml').safe_load(text), "'1e-3': expected 0.001 (float)"),   # YAML 1.1's text
     ('10a', 3): (lambda a, b: sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)), "'lora.r=8'"),   # whole sections
+    ('10b', 1): (lambda env: (int(env.get('RANK', 0)), int(env.get('WORLD_SIZE', 1)), int(env.get('LOCAL_RANK', 0))), "'RANK': '2'"),
+    ('10b', 2): (lambda micro, rank, world: micro[rank::world], 'the micro-batches'),          # strided, not the trainer's blocks
+    ('10b', 3): (lambda losses, tokens: (sum(l * t for l, t in zip(losses, tokens)) / sum(tokens), sum(tokens)), 'the loss'),   # token-weighted
     ('10c', 1): (lambda d: sorted(__import__('pathlib').Path(d).glob('checkpoint-*')), 'the checkpoints'),   # by name, unfinished ones too
     ('10c', 2): (lambda steps, keep: sorted(steps)[:-keep], 'keep=0'),                 # [:-0] deletes nothing
     ('10c', 3): (_write_in_place, 'failed half-way'),
@@ -102,6 +105,13 @@ WRONG = {
                  if isinstance(msgs, str) else list(msgs)), 'the messages'),          # keeps the old system message too
     ('10e', 2): (lambda t=0.0, p=1.0, k=0, r=1.0: {'do_sample': t > 0, 'temperature': t, 'top_p': p, 'top_k': k}, 'the options'),
     ('10e', 3): (lambda tok, q, system=None: tok(q)['input_ids'], 'the token ids'),   # the question without its template
+    ('10f', 1): (lambda argv: {'config': argv[1], 'work_dir': None, 'resume': '--resume' in argv, 'max_steps': None,
+                               'deepspeed': None, 'cfg_options': []}, 'the arguments'),    # reads only the config and --resume
+    ('10f', 2): (lambda argv, n, python='python': ['torchrun', '--nproc_per_node', n, '-m', 'learnft.cli', *argv], 'the command'),
+    ('10f', 3): (lambda config, wd=None: __import__('pathlib').Path(wd or 'work_dirs')/config, 'the work dir'),   # keeps folder and .yaml
+    ('10h', 1): (lambda h: [{'role': m['role'], 'content': str(m['content'])} for m in h or []], 'the messages'),   # a list of parts as its repr
+    ('10h', 2): (lambda msg, h: ('', list(h or []) + [{'role': 'user', 'content': msg}]), '(box, messages)'),       # appends blank messages
+    ('10h', 3): (lambda pieces: [''.join(pieces[:i + 1]) for i in range(len(pieces))], 'the texts shown'),          # not stripped, repeats
     ('10g', 1): (lambda w, n_head: w, 'should be the original row'),
     ('10g', 2): (_q8_0_round_half_even, 'should be'),
     ('10g', 3): (lambda n: n.replace('model.layers.', 'blk.').replace('model.', ''), 'the name'),

@@ -1,8 +1,9 @@
 """Lessons read as lessons: no visible code cell is a wall of code.
 
 A long cell that is infrastructure (a cache, a launcher, a parser the lesson is not about) is folded: its metadata holds
-`learnft.fold` (the summary the site shows on its fold, `tools/build_docs.py`) and `jupyter.source_hidden` (JupyterLab shows
-it collapsed). Solutions are folded with `#| code-fold: true`. Everything else stays at most `LIMIT` lines."""
+`jupyter.source_hidden` (JupyterLab shows it collapsed) and `learnft.fold`, the summary the site shows on its fold
+(`tools/build_docs.py`; an exported cell is not shown on a lesson's page at all, its functions are on the reference pages).
+Solutions are folded with `#| code-fold: true`. Everything else stays at most `LIMIT` lines."""
 import json
 from pathlib import Path
 

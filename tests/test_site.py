@@ -156,21 +156,23 @@ def test_exercises_are_graded_with_folded_solutions(site, browser):
 
 def test_infrastructure_is_folded_and_pictures_drawn(site, browser):
     "A long infrastructure cell is closed under its own summary; the new pictures are on their pages (screenshots for the record)."
-    page, failures = _open(browser, f'{site}/08_zero.html')
-    fold = page.locator('details.hide.above-input', has_text='Show the code: the launcher')
+    page, failures = _open(browser, f'{site}/07_qlora.html')      # (exported cells are the reference pages' business, not shown here)
+    fold = page.locator('details.hide.above-input', has_text='Show the code: the 200-step run')
     assert fold.count() == 1 and not fold.first.locator('div.cell_input').is_visible()
-    assert 'def train_data_parallel' in fold.first.locator('div.cell_input').inner_text()   # there, one click away
+    fold.first.locator('summary').click()
+    assert 'def heldout_loss' in fold.first.locator('div.cell_input').inner_text()   # there, one click away
     page.close()
     ART.mkdir(parents=True, exist_ok=True)
     for name, anchor in (('09_tool_use', 'The loop in a picture'), ('02_datasets', 'In a picture, with one sample row')):
         page, failures2 = _open(browser, f'{site}/{name}.html')
         para = page.get_by_text(anchor)
         assert para.count() == 1, anchor
-        para.evaluate('e => e.scrollIntoView({block: "start"})')          # the paragraph, then its figure below it
+        img = para.locator('xpath=following::img[1]')                     # the figure the paragraph introduces
+        assert img.evaluate('e => e.naturalWidth') > 500
+        img.evaluate('e => e.scrollIntoView({block: "center"})')
         page.screenshot(path=str(ART/f'{name}_picture.png'), full_page=False)
-        assert (ART/f'{name}_picture.png').stat().st_size > 10_000
-        sec = page.locator('section#exercises'); sec.scroll_into_view_if_needed()
-        sec.screenshot(path=str(ART/f'{name}_exercises.png'))
+        page.locator('section#exercises h2').evaluate('e => e.scrollIntoView({block: "start"})')
+        page.screenshot(path=str(ART/f'{name}_exercises.png'), full_page=False)
         failures += failures2; page.close()
     assert not failures, failures
 

@@ -134,7 +134,7 @@ def convert_notebook(nb, toc=None, api=None):
             tags.append('hide-input')
             meta['mystnb'] = {'code_prompt_show': f'Show the code: {fold}', 'code_prompt_hide': f'Hide the code: {fold}'}
         if not code.strip() and not cell.get('outputs'): continue
-        out.append({**cell, 'source': code, 'metadata': {**meta, 'tags': tags}})
+        out.append({**cell, 'source': code, 'metadata': {**meta, 'tags': list(dict.fromkeys(tags))}})
     if toc:
         out.append({'cell_type': 'markdown', 'metadata': {},
                     'source': '```{toctree}\n:hidden:\n:maxdepth: 1\n\n' + '\n'.join(toc) + '\n```\n'})

@@ -6,6 +6,7 @@ Each variant is one `learnft.trainer.train` run in a fresh interpreter; the firs
 
     python benchmarks/bench_mfu_gpu.py --shape 7b --seq 2048 --variants mask:2,varlen:2,varlen:4 --profile varlen:2
     python benchmarks/bench_mfu_gpu.py --shape 7b --peers trl,trl-liger --peer-batch 2     # TRL SFTTrainer (+ Liger) alike
+    python benchmarks/bench_mfu_gpu.py --shape 1b --variants '' --peers unsloth,unsloth:nodrop --peer-batch 16  # Unsloth alike (its wheels: tools/device_wheels.sh --peers)
 
 MFU counts every processed token (padding included) at 4·N FLOPs, N the parameters of the linear layers the tokens go
 through (the LM head included, the embedding lookup not): forward 2·N, backward to the activations 2·N; frozen 4-bit
@@ -121,6 +122,57 @@ def peer(kind: str, model_dir: str, seq: int, steps: int, batch: int) -> dict:
             'loss_first': r.get('loss_first'), 'loss_last': r.get('loss_last')}
 
 
+UNSLOTH_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']   # 'all-linear' of a Llama
+
+
+def peer_unsloth(spec: str, model_dir: str, seq: int, steps: int, batch: int) -> dict:
+    """Unsloth (`FastLanguageModel`: its nf4 loading, LoRA kernels and patched TRL `SFTTrainer`) on the same rows, recipe,
+    batch and precision as the TRL peer; `unsloth:nodrop`: LoRA dropout 0, the case Unsloth's fused LoRA kernels need."""
+    import unsloth                                   # first: it patches transformers, peft and trl as it is imported
+    from unsloth import FastLanguageModel
+    import torch, datasets
+    from transformers import TrainerCallback
+    from trl import SFTTrainer, SFTConfig
+    from learnft import config, trainer
+    cfg = config.validate_config(recipe(model_dir, seq, batch, steps, False, False))
+    if 'nodrop' in spec.split(':'): cfg['lora']['lora_dropout'] = 0.0
+    q, o, t, lo = cfg['quantization'], cfg['optim'], cfg['train'], cfg['lora']
+    with tempfile.TemporaryDirectory() as d:
+        path = trainer.resolve_model_path(cfg['model'], d)
+        model, tok = FastLanguageModel.from_pretrained(model_name=str(path), max_seq_length=seq, dtype=torch.bfloat16,
+                                                       load_in_4bit=True, local_files_only=True)
+        model = FastLanguageModel.get_peft_model(model, r=lo['r'], lora_alpha=lo['lora_alpha'], lora_dropout=lo['lora_dropout'],
+                                                 target_modules=UNSLOTH_TARGETS, bias='none', use_gradient_checkpointing=False,
+                                                 random_state=t['seed'])
+        data = []
+        for r in trainer.build_dataset(cfg, tok, verbose=False):   # the rows the TRL peer gets (bench_lab_train.worker_trl)
+            trained = [i for i, l in enumerate(r['labels']) if l != -100]
+            data.append({'prompt': tok.decode(r['input_ids'][:trained[0]]), 'completion': tok.decode(r['input_ids'][trained[0]:trained[-1] + 1])})
+        times, toks, all_toks, losses = [], [], [], []
+        class Clock(TrainerCallback):
+            def on_train_begin(self, *a, **k): self.t = time.perf_counter()
+            def on_step_end(self, *a, **k): t_ = time.perf_counter(); times.append(t_ - self.t); self.t = t_
+            def on_log(self, args, state, control, logs=None, **k):
+                if logs and 'loss' in logs: losses.append(round(float(logs['loss']), 4))
+        class Counting(SFTTrainer):
+            def compute_loss(self, model, inputs, *a, **k):
+                toks.append(int((inputs['labels'] != -100).sum())); all_toks.append(int(inputs['input_ids'].numel()))
+                return super().compute_loss(model, inputs, *a, **k)
+        args = SFTConfig(output_dir=d, max_length=seq, packing=True, completion_only_loss=True, per_device_train_batch_size=batch,
+                         gradient_accumulation_steps=t['accumulative_counts'], learning_rate=o['lr'], lr_scheduler_type=o['scheduler'],
+                         warmup_steps=int(o['warmup_ratio'] * steps), weight_decay=o['weight_decay'], max_grad_norm=o['max_norm'],
+                         optim='adamw_torch', max_steps=steps, gradient_checkpointing=False, bf16=True, logging_steps=1,
+                         save_strategy='no', report_to=[], seed=t['seed'], disable_tqdm=True)
+        tr = Counting(model=model, args=args, train_dataset=datasets.Dataset.from_list(data), processing_class=tok, callbacks=[Clock()])
+        tr.train()
+    per_step = len(toks) // max(len(times), 1)
+    n = len(times) - 2
+    return {'spec': spec, 's_step': sum(times[2:]) / n, 'tokens_step': sum(all_toks[2 * per_step:]) / n,
+            'trained_step': sum(toks[2 * per_step:]) / n, 'peak_gib': peak_gib(),
+            'loss_first': losses[0] if losses else None, 'loss_last': losses[-1] if losses else None,
+            'unsloth': getattr(unsloth, '__version__', '?')}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--shape', default='7b'); ap.add_argument('--seq', type=int, default=2048)
@@ -132,6 +184,7 @@ def main():
     if a.worker:
         from learnft.models import offline; offline()
         res = peer(a.worker, a.model_dir, a.seq, a.steps, a.peer_batch) if a.worker.startswith('trl') else \
+              peer_unsloth(a.worker, a.model_dir, a.seq, a.steps, a.peer_batch) if a.worker.startswith('unsloth') else \
               worker(a.worker, a.model_dir, a.seq, a.steps, a.worker in a.profile.split(','))
         print('RESULT ' + json.dumps(res)); return
     import torch
@@ -163,6 +216,7 @@ def main():
         x.update(tokens_per_s=tps, mfu=mfu, hfu=hfu)
         print(f"{spec:<16}{x['tokens_step']:>12.0f}{x['s_step']:>8.3f}{tps:>10.0f}{mfu:>7.1%}{hfu:>7.1%}{x['peak_gib']:>10.2f}  "
               f"{x['loss_first']} -> {x['loss_last']}", flush=True)
+        if a.json: Path(a.json).write_text(json.dumps(rows, indent=1))      # after every row: a run cut short keeps what it measured
     for x in rows:
         if 'kinds' not in x: continue
         print(f"\n# profile of {x['spec']}: GPU time per step by kind of kernel (steps 4-5; the profiler's own wall: {x['profiled_wall'] * 1e3:.0f} ms)")

@@ -24,15 +24,115 @@ def cuda_time(fn, iters: int=50, warmup: int=3) -> float:
     b.record(); torch.cuda.synchronize()
     return a.elapsed_time(b) / iters / 1e3
 
-def dequant_benchmark(size: int=16384, iters: int=50) -> dict:
-    "bitsandbytes' CUDA dequantize vs learnft's (eager and `torch.compile`-fused) on a `size`² bf16 weight, nf4 + DQ: seconds, GB/s, copy bandwidth."
+_TRITON = {}
+
+def triton_nf4_kernel():
+    """learnft's Triton NF4 dequantization kernel (built on first use: triton is imported only here).
+
+    One program dequantizes `BLOCKS` blocks of `BS` values: it undoes the double quantization of their absmax first
+    (`code2[q] * absmax2[block // BS2] + offset`, fp32, one value per block), then loads the block's `BS // 2` packed
+    bytes, looks both nibbles up in the 16-entry code (high nibble first, as bitsandbytes packs), scales by the block's
+    absmax in fp32 and rounds once to the output dtype. Launched with `enable_fp_fusion=False`, so that a multiply and
+    the add after it are not contracted into one FMA: each is rounded as bitsandbytes rounds it (bit-identical output).
+    `GATHER`: instead of unpacking a byte into two values and interleaving them (`tl.interleave`), every output value
+    loads its own byte (`packed[i // 2]`, twice per byte, from the L1 cache) and shifts out its nibble."""
+    if 'kernel' in _TRITON: return _TRITON['kernel']
+    import triton, triton.language as tl
+
+    @triton.jit
+    def nf4_dequant(packed_ptr, qabsmax_ptr, code2_ptr, absmax2_ptr, offset_ptr, code_ptr, out_ptr, n_blocks,
+                    BLOCKS: tl.constexpr, BS: tl.constexpr, BS2: tl.constexpr, NESTED: tl.constexpr, GATHER: tl.constexpr):
+        blk = tl.program_id(0).to(tl.int64) * BLOCKS + tl.arange(0, BLOCKS)          # this program's blocks
+        inb = blk < n_blocks
+        if NESTED:   # double quantization undone in registers: one 8-bit code per block -> its fp32 absmax
+            q = tl.load(qabsmax_ptr + blk, mask=inb, other=0).to(tl.int32)
+            absmax = tl.load(code2_ptr + q) * tl.load(absmax2_ptr + blk // BS2, mask=inb, other=0.0)
+            absmax = absmax + tl.load(offset_ptr)
+        else:
+            absmax = tl.load(qabsmax_ptr + blk, mask=inb, other=0.0)
+        if GATHER:
+            i = tl.arange(0, BS)
+            p = tl.load(packed_ptr + blk[:, None] * (BS // 2) + (i // 2)[None, :], mask=inb[:, None], other=0).to(tl.int32)
+            v = tl.load(code_ptr + ((p >> (4 - 4 * (i % 2))[None, :]) & 0xF))            # [BLOCKS, BS]
+        else:
+            j = tl.arange(0, BS // 2)
+            p = tl.load(packed_ptr + blk[:, None] * (BS // 2) + j[None, :], mask=inb[:, None], other=0).to(tl.int32)
+            v = tl.interleave(tl.load(code_ptr + (p >> 4)), tl.load(code_ptr + (p & 0xF)))  # [BLOCKS, BS]: hi, lo, hi, lo ...
+        out = (v * absmax[:, None]).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + blk[:, None] * BS + tl.arange(0, BS)[None, :], out, mask=inb[:, None])
+
+    _TRITON['kernel'] = nf4_dequant
+    return nf4_dequant
+
+TRITON_DEFAULT = dict(blocks=64, num_warps=4, gather=False)
+
+def dequantize_4bit_triton(packed: torch.Tensor, state: QuantState, out: torch.Tensor=None, blocks: int=None,
+                           num_warps: int=None, gather: bool=None) -> torch.Tensor:
+    "`dequantize_4bit(packed, state)` by `triton_nf4_kernel` in one launch (nested absmax included); whole blocks only."
+    cfg = {**TRITON_DEFAULT, **{k: v for k, v in dict(blocks=blocks, num_warps=num_warps, gather=gather).items() if v is not None}}
+    n, bs = math.prod(state.shape), state.blocksize
+    if n % bs: raise ValueError(f'the Triton kernel needs whole blocks: {n} values, blocksize {bs}')
+    nb = n // bs
+    out = torch.empty(state.shape, dtype=state.dtype, device=packed.device) if out is None else out
+    if state.nested:
+        s2 = state.state2
+        args = (state.absmax, s2.code, s2.absmax, state.offset.reshape(1).float(), state.code)
+    else: args = (state.absmax, state.code, state.absmax, state.absmax, state.code)   # unused pointers fill the slots
+    import triton
+    grid = (triton.cdiv(nb, cfg['blocks']),)
+    launch = dict(BLOCKS=cfg['blocks'], BS=bs, BS2=state.state2.blocksize if state.nested else 1, NESTED=state.nested,
+                  GATHER=cfg['gather'], num_warps=cfg['num_warps'])
+    if packed.is_cuda: launch['enable_fp_fusion'] = False
+    triton_nf4_kernel()[grid](packed, *args, out, nb, **launch)
+    return out
+
+TRITON_SWEEP = [dict(blocks=b, num_warps=w, gather=g) for g in (False, True) for b in (32, 64, 128) for w in (4, 8)]
+
+def dequant_shapes(sizes) -> list:
+    "`'4096,11008x4096'` or a list of ints/tuples -> `[(rows, cols), ...]` (an int n is n x n)."
+    if isinstance(sizes, str): sizes = [tuple(int(x) for x in s.split('x')) for s in sizes.split(',') if s]
+    return [(s, s) if isinstance(s, int) else tuple(s) if len(s) == 2 else (s[0], s[0]) for s in sizes]
+
+# Roofline counting for NF4 + double-quant dequantization, per output value: FLOPs are the floating-point multiplies and
+# adds (code * absmax: 1; per block of 64: code2 * absmax2 and + offset: 2/64). "ops" adds the integer and data work a
+# GPU core still issues: shift or mask out the nibble (1), look it up (1), multiply (1), round to bf16 (1), store (1).
+def dequant_intensity(blocksize: int=64, out_bytes: int=2) -> dict:
+    "Arithmetic intensity of NF4 + double-quant dequantization: FLOPs (and all ops) per byte moved, per output value."
+    moved = 0.5 + 1 / blocksize + out_bytes          # packed nibble + 8-bit absmax code per block + the written value
+    flops = 1 + 2 / blocksize
+    ops = 5 + 3 / blocksize                          # + the absmax: look up code2, multiply, add offset
+    return {'bytes_per_value': moved, 'flops_per_value': flops, 'ops_per_value': ops,
+            'flop_per_byte': flops / moved, 'op_per_byte': ops / moved,
+            'counted': 'per output value: FLOPs = code*absmax (1) + (code2*absmax2, +offset)/blocksize; '
+                       'ops add shift/mask, lookup, round to bf16, store (5 + 3/blocksize); bytes = 0.5 packed + 1/blocksize absmax code + 2 written'}
+
+def cuda_graph_time(fn, iters: int=50, warmup: int=3):
+    "Seconds per call of `fn()` replayed from one CUDA graph of `iters` calls: the device time with no gaps between launches (host overhead left out); None if `fn` cannot be captured."
+    try:
+        s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(warmup): fn()
+        torch.cuda.current_stream().wait_stream(s); torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for _ in range(iters): fn()
+        g.replay(); torch.cuda.synchronize()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); g.replay(); g.replay(); b.record(); torch.cuda.synchronize()
+        del g; return a.elapsed_time(b) / (2 * iters) / 1e3
+    except Exception as e:
+        torch.cuda.synchronize(); return None
+
+def dequant_benchmark(size: int=16384, iters: int=50, shape=None, triton: bool=True, triton_config: dict=None, graphs: bool=False) -> dict:
+    "bitsandbytes' CUDA dequantize vs learnft's (eager, `torch.compile`-fused, Triton) on a `size`² (or `shape`) bf16 weight, nf4 + DQ: seconds, GB/s, copy bandwidth (`graphs`: also timed as CUDA-graph replays, no launch gaps)."
     import bitsandbytes.functional as bnbF
-    w = torch.randn(size, size, device='cuda', dtype=torch.bfloat16)
+    rows_, cols = shape or (size, size)
+    w = torch.randn(rows_, cols, device='cuda', dtype=torch.bfloat16)
     packed, bstate = bnbF.quantize_4bit(w, blocksize=64, quant_type='nf4', compress_statistics=True)
     state = QuantState.from_bnb(bstate); del w
     ref = bnbF.dequantize_4bit(packed, bstate)
-    one = torch.compile(dequantize_4bit_fused_nested, fullgraph=True)   # one kernel: nested absmax, unpack, look up, scale
-    two = [torch.compile(dequantize_absmax_fused, fullgraph=True), torch.compile(dequantize_4bit_fused, fullgraph=True)]
+    one = torch.compile(dequantize_4bit_fused_nested, fullgraph=True, dynamic=False)   # one kernel: nested absmax, unpack, look up, scale
+    two = [torch.compile(dequantize_absmax_fused, fullgraph=True, dynamic=False), torch.compile(dequantize_4bit_fused, fullgraph=True, dynamic=False)]
     s2 = state.state2
     fused = lambda: dequantize_4bit_state_fused(packed, state, one)
     fused2 = lambda: two[1](packed, two[0](state.absmax, s2.code, s2.absmax, state.offset, s2.blocksize), state.code, 64, torch.bfloat16).view(state.shape)
@@ -40,25 +140,58 @@ def dequant_benchmark(size: int=16384, iters: int=50) -> dict:
              'learnft eager (lesson 06)': lambda: dequantize_4bit(packed, state),
              'learnft fused (torch.compile)': fused,
              'learnft fused, absmax separately': fused2}
-    diffs = {name: (f().float() - ref.float()).abs().max().item() for name, f in impls.items()}
-    n = size * size
+    tout = torch.empty_like(ref)
+    if triton: impls['learnft Triton kernel'] = lambda: dequantize_4bit_triton(packed, state, tout, **(triton_config or {}))
+    diffs, identical = {}, {}
+    for name, f in impls.items():
+        got = f(); diffs[name] = (got.float() - ref.float()).abs().max().item()
+        identical[name] = bool(torch.equal(got.view(torch.int16), ref.view(torch.int16)))
+    n = rows_ * cols
     moved = packed.numel() + state.absmax.numel() + n * 2    # bytes read (codes + 8-bit constants) + bf16 written
     out = torch.empty_like(ref)
-    copy_bw = 2 * n * 2 / cuda_time(lambda: out.copy_(ref), iters) / 1e9
+    copy_t = cuda_time(lambda: out.copy_(ref), iters); copy_g = cuda_graph_time(lambda: out.copy_(ref), iters) if graphs else None
+    copy_bw = 2 * n * 2 / copy_t / 1e9
     rows = []
     for name, f in impls.items():
-        t = cuda_time(f, iters if 'eager' not in name else max(5, iters // 10))
-        rows.append({'name': name, 'ms': t * 1e3, 'GB/s': moved / t / 1e9, 'max_diff': diffs[name]})
-    return {'size': size, 'bytes_moved': moved, 'copy_GB/s': copy_bw, 'rows': rows}
+        eager = 'eager' in name
+        t = cuda_time(f, iters if not eager else max(5, iters // 10))
+        g = cuda_graph_time(f, iters) if graphs and not eager else None
+        rows.append({'name': name, 'ms': t * 1e3, 'GB/s': moved / t / 1e9, 'max_diff': diffs[name], 'bit_identical': identical[name],
+                     **({'ms_graph': g * 1e3, 'GB/s_graph': moved / g / 1e9} if g else {})})
+    return {'size': rows_ if rows_ == cols else f'{rows_}x{cols}', 'shape': [rows_, cols], 'bytes_moved': moved, 'copy_GB/s': copy_bw,
+            **({'copy_GB/s_graph': 2 * n * 2 / copy_g / 1e9} if copy_g else {}), 'rows': rows,
+            **({'triton_config': {**TRITON_DEFAULT, **(triton_config or {})}} if triton else {})}
+
+def triton_sweep(size: int=16384, iters: int=30, configs=None) -> list:
+    "GB/s of `dequantize_4bit_triton` for each launch config (`TRITON_SWEEP`) on a `size`² weight, best first; each checked bit-identical to bitsandbytes."
+    import bitsandbytes.functional as bnbF
+    w = torch.randn(size, size, device='cuda', dtype=torch.bfloat16)
+    packed, bstate = bnbF.quantize_4bit(w, blocksize=64, quant_type='nf4', compress_statistics=True)
+    state = QuantState.from_bnb(bstate); del w
+    ref = bnbF.dequantize_4bit(packed, bstate); out = torch.empty_like(ref)
+    moved = packed.numel() + state.absmax.numel() + size * size * 2
+    res = []
+    for c in configs or TRITON_SWEEP:
+        same = torch.equal(dequantize_4bit_triton(packed, state, out, **c).view(torch.int16), ref.view(torch.int16))
+        t = cuda_time(lambda: dequantize_4bit_triton(packed, state, out, **c), iters)
+        res.append({**c, 'ms': t * 1e3, 'GB/s': moved / t / 1e9, 'bit_identical': bool(same)})
+    return sorted(res, key=lambda r: -r['GB/s'])
 
 def print_dequant_table(res: dict):
     "The table of `dequant_benchmark`: ms, GB/s, speed vs bitsandbytes, fraction of the copy bandwidth."
-    print(f"weight {res['size']}x{res['size']} nf4, blocksize 64, double quant: {res['bytes_moved'] / 1e6:,.0f} MB moved per dequantize")
+    r0, c0 = res.get('shape', (res['size'], res['size']))
+    print(f"weight {r0}x{c0} nf4, blocksize 64, double quant: {res['bytes_moved'] / 1e6:,.0f} MB moved per dequantize")
     print(f"device copy bandwidth (read + write of the bf16 output size): {res['copy_GB/s']:,.0f} GB/s\n")
     print(f"{'dequantize':32} {'ms':>8} {'GB/s':>8} {'vs bnb':>8} {'of copy bw':>11} {'max |diff| vs bnb':>18}")
     base = res['rows'][0]['ms']
     for r in res['rows']:
-        print(f"{r['name']:32} {r['ms']:>8.3f} {r['GB/s']:>8,.0f} {base / r['ms']:>7.2f}x {r['GB/s'] / res['copy_GB/s']:>10.0%} {r['max_diff']:>18.2e}")
+        same = '  (bit-identical)' if r.get('bit_identical') else ''
+        print(f"{r['name']:32} {r['ms']:>8.3f} {r['GB/s']:>8,.0f} {base / r['ms']:>7.2f}x {r['GB/s'] / res['copy_GB/s']:>10.0%} {r['max_diff']:>18.2e}{same}")
+    if 'copy_GB/s_graph' in res:
+        cg = res['copy_GB/s_graph']
+        print(f"\nreplayed from a CUDA graph (no gaps between launches): copy {cg:,.0f} GB/s")
+        for r in res['rows']:
+            if 'GB/s_graph' in r: print(f"{r['name']:32} {r['ms_graph']:>8.3f} {r['GB/s_graph']:>8,.0f} {r['GB/s_graph'] / cg:>10.0%} of the graph-timed copy")
 
 def llama_7b_config(num_hidden_layers: int=32, **kwargs):
     "A `LlamaConfig` of Llama-2-7B's shape (hidden 4096, MLP 11008, 32 heads, vocab 32000; 6.74 B parameters at 32 layers)."

@@ -44,3 +44,49 @@ def test_optimizer_state_bytes_counts_adamw_moments():
     p = nn.Parameter(torch.randn(10, 3))
     opt = torch.optim.AdamW([p]); p.grad = torch.ones_like(p); opt.step()
     assert optimizer_state_bytes(opt) == {'gpu': 2 * 30 * 4, 'paged': 0}  # exp_avg + exp_avg_sq in fp32; the step counter left out
+
+
+def test_dequant_shapes_and_intensity():
+    from qlora_gpu import dequant_shapes, dequant_intensity
+    assert dequant_shapes('4096,11008x4096') == [(4096, 4096), (11008, 4096)]
+    assert dequant_shapes([16, (3, 5)]) == [(16, 16), (3, 5)]
+    it = dequant_intensity()          # per value: 0.5 B packed + 1/64 B constant + 2 B written; 1 + 2/64 FLOPs
+    assert it['bytes_per_value'] == 0.5 + 1 / 64 + 2 and it['flops_per_value'] == 1 + 2 / 64
+    assert abs(it['flop_per_byte'] - 0.41) < 0.005
+    assert dequant_intensity(out_bytes=4)['flop_per_byte'] < it['flop_per_byte']   # an fp32 output moves more bytes
+
+
+def test_triton_dequant_refuses_partial_blocks():
+    import bitsandbytes.functional as F
+    from learnft.quant import QuantState
+    from qlora_gpu import dequantize_4bit_triton
+    packed, b = F.quantize_4bit(torch.randn(3, 30), blocksize=64, quant_type='nf4')
+    with pytest.raises(ValueError, match='whole blocks: 90 values, blocksize 64'):
+        dequantize_4bit_triton(packed, QuantState.from_bnb(b))
+
+
+def test_triton_dequant_matches_learnft_in_the_interpreter():
+    """The Triton kernel's maths, run by Triton's CPU interpreter where triton is installed (CI's CPU torch has none; the
+    GPU run checks it bit for bit against bitsandbytes: benchmarks/results/bench_dequant_gpu_h200.txt). The interpreter
+    rounds float32 -> bf16 by truncation, so the kernel writes float32 here, compared with learnft's float32 values. In a
+    fresh interpreter: TRITON_INTERPRET must be set before triton is first imported."""
+    pytest.importorskip('triton')
+    import subprocess, os
+    code = """
+import sys, torch, bitsandbytes.functional as F
+sys.path.insert(0, 'benchmarks')
+from learnft.quant import QuantState, dequantize_blockwise, unpack_4bit
+from qlora_gpu import dequantize_4bit_triton
+for shape, dq in (((128, 320), True), ((64, 128), False)):
+    packed, b = F.quantize_4bit(torch.randn(*shape, dtype=torch.bfloat16), blocksize=64, quant_type='nf4', compress_statistics=dq)
+    st = QuantState.from_bnb(b)
+    absmax = dequantize_blockwise(st.absmax, st.state2) + st.offset if dq else st.absmax
+    ref = (st.code[unpack_4bit(packed, shape[0] * shape[1])].view(-1, 64) * absmax[:, None]).reshape(shape)
+    for gather in (False, True):
+        got = dequantize_4bit_triton(packed, st, torch.empty(shape), gather=gather)
+        assert torch.equal(got, ref), (shape, dq, gather, (got - ref).abs().max().item())
+print('ok')
+"""
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+                       env={**os.environ, 'TRITON_INTERPRET': '1'}, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith('ok'), r.stdout[-2000:] + r.stderr[-3000:]

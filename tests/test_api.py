@@ -35,3 +35,22 @@ def test_a_stale_cell_is_seen(tmp_path):
     cell['outputs'][0]['data']['text/markdown'] = md.replace('quant.py#L', 'quant.py#L1')
     assert saved(cell) != render('quant', 'quantize_4bit')
     with pytest.raises(LookupError, match='documents learnft.quant.quantize_4bit'): render('qlora', 'quantize_4bit')
+
+
+
+def test_peft_checkpointing_notice_is_silenced():
+    "peft's `is_gradient_checkpointing` question (a transformers 5 FutureWarning) does not reach a learner's output once learnft is imported; without learnft it does (the control)."
+    import subprocess
+    run = """
+from learnft.models import tiny_smollm2
+from peft import LoraConfig, get_peft_model
+m = tiny_smollm2(); m = m[0] if isinstance(m, tuple) else m
+get_peft_model(m, LoraConfig(r=2, target_modules=['q_proj']))
+"""
+    def stderr(prelude):
+        r = subprocess.run([sys.executable, '-W', 'default', '-c', prelude + run], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stderr
+    assert 'is_gradient_checkpointing' not in stderr('import learnft\n')
+    # the control: the same lines with learnft's filter taken out again
+    assert 'is_gradient_checkpointing' in stderr("import learnft, warnings\nwarnings.filters[:] = [f for f in warnings.filters if 'is_gradient' not in str(f[1])]\n")

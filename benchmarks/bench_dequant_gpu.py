@@ -16,8 +16,9 @@ import argparse, json
 from pathlib import Path
 import torch
 import qlora_gpu as Q
+from learnft.speed import H200_BF16_FLOPS as PEAK_BF16
 
-PEAK_BF16, PEAK_FP32 = 989e12, 67e12    # H200 SXM datasheet: dense bf16 tensor-core, and fp32 (CUDA cores) FLOP/s
+PEAK_FP32 = 67e12    # H200 SXM datasheet: fp32 FLOP/s on the CUDA cores (the dense bf16 tensor-core peak: learnft.speed)
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(); ap.add_argument('--size', type=int, default=None, help='one n x n size (old form)')
@@ -34,9 +35,9 @@ if __name__ == '__main__':
     best = None
     if a.sweep:
         big = max(shapes, key=lambda s: s[0] * s[1])
-        sweep = Q.triton_sweep(int(round((big[0] * big[1]) ** 0.5)), iters=30)
+        sweep = Q.triton_sweep(big, iters=30)
         out['sweep'] = sweep
-        print(f'\nTriton launch configs on a {int(round((big[0] * big[1]) ** 0.5))}² weight, fastest first:')
+        print(f'\nTriton launch configs on a {big[0]}x{big[1]} weight, fastest first:')
         for r in sweep: print(f"  blocks {r['blocks']:>4}  warps {r['num_warps']}  {'gather     ' if r['gather'] else 'interleave '} "
                               f"{r['ms']:7.3f} ms {r['GB/s']:>7,.0f} GB/s  bit-identical: {r['bit_identical']}")
         ok = [r for r in sweep if r['bit_identical']] or sweep

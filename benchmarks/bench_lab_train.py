@@ -58,11 +58,54 @@ def worker_ours(packing, steps, threads, model, seq=None, batch=None, varlen=Fal
     return {'tokens': sum(r['tokens'] for r in recs), 'seconds': sum(r['seconds'] for r in recs), 'steps': len(recs)}
 
 
-def worker_trl(packing, steps, threads, model, seq=None, batch=None):
+def sft_rows(rows, tok) -> list:
+    "learnft's rows as TRL prompt/completion pairs: the completion ends at the last trained token (<|im_end|>, SmolLM2's EOS: TRL adds no second one)."
+    data = []
+    for r in rows:
+        trained = [i for i, l in enumerate(r['labels']) if l != -100]
+        data.append({'prompt': tok.decode(r['input_ids'][:trained[0]]), 'completion': tok.decode(r['input_ids'][trained[0]:trained[-1] + 1])})
+    return data
+
+
+def run_sft(model, tok, data, cfg, steps, packing, output_dir, **trainer_kw) -> dict:
+    """TRL's `SFTTrainer` on `data` with learnft's recipe `cfg` (the same optimizer, schedule, batch, precision and
+    checkpointing), each optimizer step timed and its tokens counted; steps 1-2 are left out of the totals. Used for TRL
+    (`worker_trl`) and for Unsloth's patched trainer (bench_mfu_gpu.peer_unsloth); `trainer_kw` go to the trainer."""
     import torch, datasets
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, TrainerCallback
-    from peft import LoraConfig
+    from transformers import TrainerCallback
     from trl import SFTTrainer, SFTConfig
+    q, o, t = cfg['quantization'], cfg['optim'], cfg['train']
+    times, toks, all_toks, losses = [], [], [], []
+    class Clock(TrainerCallback):   # a step = end of the previous optimizer step to the end of this one (data loading included)
+        def on_train_begin(self, *a, **k): self.t = time.perf_counter()
+        def on_step_end(self, *a, **k): t_ = time.perf_counter(); times.append(t_ - self.t); self.t = t_
+        def on_log(self, args, state, control, logs=None, **k):
+            if logs and 'loss' in logs: losses.append(round(float(logs['loss']), 4))
+    class Counting(SFTTrainer):
+        def _get_train_sampler(self, *a, **k):
+            return torch.utils.data.SequentialSampler(self.train_dataset) if not packing else super()._get_train_sampler(*a, **k)
+        def compute_loss(self, model, inputs, *a, **k):
+            toks.append(int((inputs['labels'] != -100).sum())); all_toks.append(int(inputs['input_ids'].numel()))
+            return super().compute_loss(model, inputs, *a, **k)
+    args = SFTConfig(output_dir=output_dir, max_length=cfg['data']['max_length'], packing=packing, completion_only_loss=True,
+                     per_device_train_batch_size=t['batch_size'], gradient_accumulation_steps=t['accumulative_counts'],
+                     learning_rate=o['lr'], lr_scheduler_type=o['scheduler'], warmup_steps=int(o['warmup_ratio'] * steps),
+                     weight_decay=o['weight_decay'], max_grad_norm=o['max_norm'], optim='adamw_torch', max_steps=steps,
+                     gradient_checkpointing=t['gradient_checkpointing'],   # TRL's default is True: set both sides alike
+                     bf16=t['mixed_precision'] == 'bf16',                  # TRL's default is True (autocast): alike too
+                     logging_steps=1, save_strategy='no', report_to=[], use_cpu=not torch.cuda.is_available(), seed=t['seed'],
+                     disable_tqdm=True, use_liger_kernel=os.environ.get('BENCH_LIGER') == '1')   # Liger's Triton kernels (bench_mfu_gpu.py's trl-liger)
+    Counting(model=model, args=args, train_dataset=datasets.Dataset.from_list(data), processing_class=tok, callbacks=[Clock()],
+             **trainer_kw).train()
+    per_step = len(toks) // max(len(times), 1)
+    return {'tokens': sum(toks[2 * per_step:]), 'all_tokens': sum(all_toks[2 * per_step:]), 'seconds': sum(times[2:]),
+            'steps': len(times) - 2, 'loss_first': losses[0] if losses else None, 'loss_last': losses[-1] if losses else None}
+
+
+def worker_trl(packing, steps, threads, model, seq=None, batch=None):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from peft import LoraConfig
     from learnft import config, trainer
     torch.set_num_threads(threads)
     cfg = _cfg(False, steps, threads, model, seq, batch)   # unpacked rows: TRL packs by itself when asked
@@ -70,45 +113,17 @@ def worker_trl(packing, steps, threads, model, seq=None, batch=None):
     with tempfile.TemporaryDirectory() as d:
         path = trainer.resolve_model_path(cfg['model'], d)
         tok = AutoTokenizer.from_pretrained(path)
-        data, rows = [], trainer.build_dataset(cfg, tok, verbose=False)
-        if not packing:   # the very samples learnft's loop draws, in its order (TRL then reads them sequentially, below)
+        rows = trainer.build_dataset(cfg, tok, verbose=False)
+        if not packing:   # the very samples learnft's loop draws, in its order (TRL then reads them sequentially: run_sft)
             t = cfg['train']
             rows = [rows[i] for s in range(steps) for micro in trainer.batch_indices(len(rows), s, t['batch_size'], t['accumulative_counts'], t['seed']) for i in micro]
-        for r in rows:   # the completion ends at the last trained token (<|im_end|>, SmolLM2's EOS: TRL adds no second one)
-            trained = [i for i, l in enumerate(r['labels']) if l != -100]
-            data.append({'prompt': tok.decode(r['input_ids'][:trained[0]]), 'completion': tok.decode(r['input_ids'][trained[0]:trained[-1] + 1])})
-        q, o, t, lo = cfg['quantization'], cfg['optim'], cfg['train'], cfg['lora']
+        q, lo = cfg['quantization'], cfg['lora']
         m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, quantization_config=BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=q['quant_type'], bnb_4bit_use_double_quant=q['double_quant'],
             bnb_4bit_compute_dtype=getattr(torch, q['compute_dtype'])), **({'device_map': {'': 0}} if cuda else {}))
-        times, toks, all_toks, losses = [], [], [], []
-        class Clock(TrainerCallback):   # a step = end of the previous optimizer step to the end of this one (data loading included)
-            def on_train_begin(self, *a, **k): self.t = time.perf_counter()
-            def on_step_end(self, *a, **k): t = time.perf_counter(); times.append(t - self.t); self.t = t
-            def on_log(self, args, state, control, logs=None, **k):
-                if logs and 'loss' in logs: losses.append(round(float(logs['loss']), 4))
-        class Counting(SFTTrainer):
-            def _get_train_sampler(self, *a, **k):
-                return torch.utils.data.SequentialSampler(self.train_dataset) if not packing else super()._get_train_sampler(*a, **k)
-            def compute_loss(self, model, inputs, *a, **k):
-                toks.append(int((inputs['labels'] != -100).sum())); all_toks.append(int(inputs['input_ids'].numel()))
-                return super().compute_loss(model, inputs, *a, **k)
-        args = SFTConfig(output_dir=d, max_length=cfg['data']['max_length'], packing=packing, completion_only_loss=True,
-                         per_device_train_batch_size=t['batch_size'], gradient_accumulation_steps=t['accumulative_counts'],
-                         learning_rate=o['lr'], lr_scheduler_type=o['scheduler'], warmup_steps=int(o['warmup_ratio'] * steps),
-                         weight_decay=o['weight_decay'], max_grad_norm=o['max_norm'], optim='adamw_torch', max_steps=steps,
-                         gradient_checkpointing=t['gradient_checkpointing'],   # TRL's default is True: set both sides alike
-                         bf16=t['mixed_precision'] == 'bf16',                  # TRL's default is True (autocast): alike too
-                         logging_steps=1, save_strategy='no', report_to=[], use_cpu=not cuda, seed=t['seed'], disable_tqdm=True,
-                         use_liger_kernel=os.environ.get('BENCH_LIGER') == '1')   # Liger's Triton kernels (bench_mfu_gpu.py's trl-liger)
-        tr = Counting(model=m, args=args, train_dataset=datasets.Dataset.from_list(data), processing_class=tok,
-                      peft_config=LoraConfig(r=lo['r'], lora_alpha=lo['lora_alpha'], lora_dropout=lo['lora_dropout'],
-                                             target_modules=lo['target_modules'], task_type='CAUSAL_LM'),
-                      callbacks=[Clock()])
-        tr.train()
-    per_step = len(toks) // max(len(times), 1)
-    return {'tokens': sum(toks[2 * per_step:]), 'all_tokens': sum(all_toks[2 * per_step:]), 'seconds': sum(times[2:]),
-            'steps': len(times) - 2, 'loss_first': losses[0] if losses else None, 'loss_last': losses[-1] if losses else None}
+        return run_sft(m, tok, sft_rows(rows, tok), cfg, steps, packing, d,
+                       peft_config=LoraConfig(r=lo['r'], lora_alpha=lo['lora_alpha'], lora_dropout=lo['lora_dropout'],
+                                              target_modules=lo['target_modules'], task_type='CAUSAL_LM'))
 
 
 def run_side(side, packing, steps, threads, model, seq=None, batch=None):

@@ -108,18 +108,21 @@ def worker(spec: str, model_dir: str, seq: int, steps: int, profile: bool) -> di
             'losses': [r['loss'] for r in recs], **({k: prof_out[k] for k in ('kinds', 'profiled_wall', 'top') if k in prof_out})}
 
 
+def peer_result(spec: str, r: dict, **extra) -> dict:
+    "A peer's `bench_lab_train.run_sft` totals as a row of this benchmark's table."
+    return {'spec': spec, 's_step': r['seconds'] / r['steps'], 'tokens_step': r['all_tokens'] / r['steps'],
+            'trained_step': r['tokens'] / r['steps'], 'peak_gib': peak_gib(),
+            'loss_first': r.get('loss_first'), 'loss_last': r.get('loss_last'), **extra}
+
+
 def peer(kind: str, model_dir: str, seq: int, steps: int, batch: int) -> dict:
     "TRL SFTTrainer (`trl-liger`: with `use_liger_kernel`) on the same rows, recipe, batch and precision, via bench_lab_train."
-    import torch
     sys.path.insert(0, str(HERE)); import bench_lab_train as B
     from learnft import config
     B._cfg = lambda packing, steps_, threads, model, seq_=None, batch_=None: config.validate_config(
         recipe(model_dir, seq, batch, steps, False, False))
     os.environ['BENCH_LIGER'] = '1' if kind == 'trl-liger' else '0'
-    r = B.worker_trl(True, steps, 2, model_dir, seq, batch)
-    return {'spec': kind, 's_step': r['seconds'] / r['steps'], 'tokens_step': r['all_tokens'] / r['steps'],
-            'trained_step': r['tokens'] / r['steps'], 'peak_gib': peak_gib(),
-            'loss_first': r.get('loss_first'), 'loss_last': r.get('loss_last')}
+    return peer_result(kind, B.worker_trl(True, steps, 2, model_dir, seq, batch))
 
 
 UNSLOTH_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']   # 'all-linear' of a Llama
@@ -127,50 +130,25 @@ UNSLOTH_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj
 
 def peer_unsloth(spec: str, model_dir: str, seq: int, steps: int, batch: int) -> dict:
     """Unsloth (`FastLanguageModel`: its nf4 loading, LoRA kernels and patched TRL `SFTTrainer`) on the same rows, recipe,
-    batch and precision as the TRL peer; `unsloth:nodrop`: LoRA dropout 0, the case Unsloth's fused LoRA kernels need."""
+    batch and precision as the TRL peer; `unsloth:nodrop`: LoRA dropout 0, the only case where Unsloth takes its fast LoRA path."""
     import unsloth                                   # first: it patches transformers, peft and trl as it is imported
     from unsloth import FastLanguageModel
-    import torch, datasets
-    from transformers import TrainerCallback
-    from trl import SFTTrainer, SFTConfig
+    import torch
+    sys.path.insert(0, str(HERE)); import bench_lab_train as B
     from learnft import config, trainer
     cfg = config.validate_config(recipe(model_dir, seq, batch, steps, False, False))
     if 'nodrop' in spec.split(':'): cfg['lora']['lora_dropout'] = 0.0
-    q, o, t, lo = cfg['quantization'], cfg['optim'], cfg['train'], cfg['lora']
+    lo = cfg['lora']
     with tempfile.TemporaryDirectory() as d:
         path = trainer.resolve_model_path(cfg['model'], d)
         model, tok = FastLanguageModel.from_pretrained(model_name=str(path), max_seq_length=seq, dtype=torch.bfloat16,
                                                        load_in_4bit=True, local_files_only=True)
         model = FastLanguageModel.get_peft_model(model, r=lo['r'], lora_alpha=lo['lora_alpha'], lora_dropout=lo['lora_dropout'],
                                                  target_modules=UNSLOTH_TARGETS, bias='none', use_gradient_checkpointing=False,
-                                                 random_state=t['seed'])
-        data = []
-        for r in trainer.build_dataset(cfg, tok, verbose=False):   # the rows the TRL peer gets (bench_lab_train.worker_trl)
-            trained = [i for i, l in enumerate(r['labels']) if l != -100]
-            data.append({'prompt': tok.decode(r['input_ids'][:trained[0]]), 'completion': tok.decode(r['input_ids'][trained[0]:trained[-1] + 1])})
-        times, toks, all_toks, losses = [], [], [], []
-        class Clock(TrainerCallback):
-            def on_train_begin(self, *a, **k): self.t = time.perf_counter()
-            def on_step_end(self, *a, **k): t_ = time.perf_counter(); times.append(t_ - self.t); self.t = t_
-            def on_log(self, args, state, control, logs=None, **k):
-                if logs and 'loss' in logs: losses.append(round(float(logs['loss']), 4))
-        class Counting(SFTTrainer):
-            def compute_loss(self, model, inputs, *a, **k):
-                toks.append(int((inputs['labels'] != -100).sum())); all_toks.append(int(inputs['input_ids'].numel()))
-                return super().compute_loss(model, inputs, *a, **k)
-        args = SFTConfig(output_dir=d, max_length=seq, packing=True, completion_only_loss=True, per_device_train_batch_size=batch,
-                         gradient_accumulation_steps=t['accumulative_counts'], learning_rate=o['lr'], lr_scheduler_type=o['scheduler'],
-                         warmup_steps=int(o['warmup_ratio'] * steps), weight_decay=o['weight_decay'], max_grad_norm=o['max_norm'],
-                         optim='adamw_torch', max_steps=steps, gradient_checkpointing=False, bf16=True, logging_steps=1,
-                         save_strategy='no', report_to=[], seed=t['seed'], disable_tqdm=True)
-        tr = Counting(model=model, args=args, train_dataset=datasets.Dataset.from_list(data), processing_class=tok, callbacks=[Clock()])
-        tr.train()
-    per_step = len(toks) // max(len(times), 1)
-    n = len(times) - 2
-    return {'spec': spec, 's_step': sum(times[2:]) / n, 'tokens_step': sum(all_toks[2 * per_step:]) / n,
-            'trained_step': sum(toks[2 * per_step:]) / n, 'peak_gib': peak_gib(),
-            'loss_first': losses[0] if losses else None, 'loss_last': losses[-1] if losses else None,
-            'unsloth': getattr(unsloth, '__version__', '?')}
+                                                 random_state=cfg['train']['seed'])
+        data = B.sft_rows(trainer.build_dataset(cfg, tok, verbose=False), tok)   # the rows the TRL peer gets
+        r = B.run_sft(model, tok, data, cfg, steps, True, d)
+    return peer_result(spec, r, unsloth=getattr(unsloth, '__version__', '?'))
 
 
 def main():

@@ -120,17 +120,23 @@ def cuda_graph_time(fn, iters: int=50, warmup: int=3):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record(); g.replay(); g.replay(); b.record(); torch.cuda.synchronize()
         del g; return a.elapsed_time(b) / (2 * iters) / 1e3
-    except Exception as e:
+    except Exception:
         torch.cuda.synchronize(); return None
+
+def nf4_weight(shape) -> tuple:
+    "A random bf16 `shape` weight on the GPU packed by bitsandbytes (nf4, blocksize 64, DQ): `(packed, bnb state, learnft QuantState, bitsandbytes' dequantized output, bytes one dequantize moves)`."
+    import bitsandbytes.functional as bnbF
+    w = torch.randn(*shape, device='cuda', dtype=torch.bfloat16)
+    packed, bstate = bnbF.quantize_4bit(w, blocksize=64, quant_type='nf4', compress_statistics=True)
+    state = QuantState.from_bnb(bstate); del w
+    moved = packed.numel() + state.absmax.numel() + math.prod(shape) * 2    # bytes read (codes + 8-bit constants) + bf16 written
+    return packed, bstate, state, bnbF.dequantize_4bit(packed, bstate), moved
 
 def dequant_benchmark(size: int=16384, iters: int=50, shape=None, triton: bool=True, triton_config: dict=None, graphs: bool=False) -> dict:
     "bitsandbytes' CUDA dequantize vs learnft's (eager, `torch.compile`-fused, Triton) on a `size`² (or `shape`) bf16 weight, nf4 + DQ: seconds, GB/s, copy bandwidth (`graphs`: also timed as CUDA-graph replays, no launch gaps)."
     import bitsandbytes.functional as bnbF
     rows_, cols = shape or (size, size)
-    w = torch.randn(rows_, cols, device='cuda', dtype=torch.bfloat16)
-    packed, bstate = bnbF.quantize_4bit(w, blocksize=64, quant_type='nf4', compress_statistics=True)
-    state = QuantState.from_bnb(bstate); del w
-    ref = bnbF.dequantize_4bit(packed, bstate)
+    packed, bstate, state, ref, moved = nf4_weight((rows_, cols))
     one = torch.compile(dequantize_4bit_fused_nested, fullgraph=True, dynamic=False)   # one kernel: nested absmax, unpack, look up, scale
     two = [torch.compile(dequantize_absmax_fused, fullgraph=True, dynamic=False), torch.compile(dequantize_4bit_fused, fullgraph=True, dynamic=False)]
     s2 = state.state2
@@ -147,7 +153,6 @@ def dequant_benchmark(size: int=16384, iters: int=50, shape=None, triton: bool=T
         got = f(); diffs[name] = (got.float() - ref.float()).abs().max().item()
         identical[name] = bool(torch.equal(got.view(torch.int16), ref.view(torch.int16)))
     n = rows_ * cols
-    moved = packed.numel() + state.absmax.numel() + n * 2    # bytes read (codes + 8-bit constants) + bf16 written
     out = torch.empty_like(ref)
     copy_t = cuda_time(lambda: out.copy_(ref), iters); copy_g = cuda_graph_time(lambda: out.copy_(ref), iters) if graphs else None
     copy_bw = 2 * n * 2 / copy_t / 1e9
@@ -162,14 +167,10 @@ def dequant_benchmark(size: int=16384, iters: int=50, shape=None, triton: bool=T
             **({'copy_GB/s_graph': 2 * n * 2 / copy_g / 1e9} if copy_g else {}), 'rows': rows,
             **({'triton_config': {**TRITON_DEFAULT, **(triton_config or {})}} if triton else {})}
 
-def triton_sweep(size: int=16384, iters: int=30, configs=None) -> list:
-    "GB/s of `dequantize_4bit_triton` for each launch config (`TRITON_SWEEP`) on a `size`² weight, best first; each checked bit-identical to bitsandbytes."
-    import bitsandbytes.functional as bnbF
-    w = torch.randn(size, size, device='cuda', dtype=torch.bfloat16)
-    packed, bstate = bnbF.quantize_4bit(w, blocksize=64, quant_type='nf4', compress_statistics=True)
-    state = QuantState.from_bnb(bstate); del w
-    ref = bnbF.dequantize_4bit(packed, bstate); out = torch.empty_like(ref)
-    moved = packed.numel() + state.absmax.numel() + size * size * 2
+def triton_sweep(shape=(16384, 16384), iters: int=30, configs=None) -> list:
+    "GB/s of `dequantize_4bit_triton` for each launch config (`TRITON_SWEEP`) on a `shape` weight, best first; each checked bit-identical to bitsandbytes."
+    packed, _, state, ref, moved = nf4_weight(shape)
+    out = torch.empty_like(ref)
     res = []
     for c in configs or TRITON_SWEEP:
         same = torch.equal(dequantize_4bit_triton(packed, state, out, **c).view(torch.int16), ref.view(torch.int16))

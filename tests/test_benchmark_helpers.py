@@ -73,15 +73,14 @@ def test_triton_dequant_matches_learnft_in_the_interpreter():
     pytest.importorskip('triton')
     import subprocess, os
     code = """
-import sys, torch, bitsandbytes.functional as F
+import dataclasses, sys, torch, bitsandbytes.functional as F
 sys.path.insert(0, 'benchmarks')
-from learnft.quant import QuantState, dequantize_blockwise, unpack_4bit
+from learnft.quant import QuantState, dequantize_4bit
 from qlora_gpu import dequantize_4bit_triton
 for shape, dq in (((128, 320), True), ((64, 128), False)):
     packed, b = F.quantize_4bit(torch.randn(*shape, dtype=torch.bfloat16), blocksize=64, quant_type='nf4', compress_statistics=dq)
     st = QuantState.from_bnb(b)
-    absmax = dequantize_blockwise(st.absmax, st.state2) + st.offset if dq else st.absmax
-    ref = (st.code[unpack_4bit(packed, shape[0] * shape[1])].view(-1, 64) * absmax[:, None]).reshape(shape)
+    ref = dequantize_4bit(packed, dataclasses.replace(st, dtype=torch.float32))   # lesson 06's dequantization, in float32
     for gather in (False, True):
         got = dequantize_4bit_triton(packed, st, torch.empty(shape), gather=gather)
         assert torch.equal(got, ref), (shape, dq, gather, (got - ref).abs().max().item())

@@ -18,7 +18,8 @@ DATA_FORMATS = ('alpaca', 'openai', 'sharegpt', 'oasst', 'pretrain', 'xtuner', N
 BUILDER_NAMES = ('self_cognition', 'identity_only', 'identity', 'general_qa', 'general_replay', 'alpaca_sample', 'pretrain_sample', 'tool_use')
 SOURCE_SCHEMA = {'builder': (None, BUILDER_NAMES + (None,)),
                  'builder_args': ({}, ANY_DICT), 'path': (None, ANY_STR), 'format': (None, DATA_FORMATS),
-                 'repeats': (1.0, ANY_FLOAT)}         # 2 = every row twice; 0.5 = a seeded random half
+                 'repeats': (1.0, ANY_FLOAT),         # 2 = every row twice; 0.5 = a seeded random half
+                 'kl_to_base': (0.0, ANY_FLOAT)}      # weight of KL(base ‖ model) on its trained tokens (rehearsal against forgetting); 0: none
 CONFIG_SCHEMA = {
     'model': {'path': ('smollm2', ANY_STR),               # 'smollm2' (the bundled model), 'tiny' (config-built), or a folder
               'tiny': ({}, ANY_DICT)},                    # overrides for tiny_smollm2 when path == 'tiny'
@@ -124,6 +125,7 @@ def _check_source(k: int, src) -> dict:
     if (out['builder'] is None) == (out['path'] is None):
         raise ConfigError(f"config key {key!r}: set exactly one of {key + '.builder'!r} or {key + '.path'!r}")
     if not out['repeats'] > 0: raise ConfigError(f"config key {key + '.repeats'!r}: got {out['repeats']}; allowed: a number > 0")
+    if not out['kl_to_base'] >= 0: raise ConfigError(f"config key {key + '.kl_to_base'!r}: got {out['kl_to_base']}; allowed: a number >= 0 (0: no KL term)")
     return out
 
 def validate_config(cfg: dict, schema: dict=CONFIG_SCHEMA, prefix: str='') -> dict:
@@ -147,6 +149,10 @@ def validate_config(cfg: dict, schema: dict=CONFIG_SCHEMA, prefix: str='') -> di
         if d['val_size'] < 0: raise ConfigError(f"config key 'data.val_size': got {d['val_size']}; allowed: 0 (none), a share < 1 or a count >= 1")
         if d['max_dataset_length'] is not None and d['max_dataset_length'] < 1:
             raise ConfigError(f"config key 'data.max_dataset_length': got {d['max_dataset_length']}; allowed: an integer >= 1 or null")
+        kl = [k for k, s in enumerate(d['sources']) if s['kl_to_base'] > 0]
+        if kl and out['lora'] is None:
+            raise ConfigError(f"config key 'data.sources[{kl[0]}].kl_to_base': the base it is measured against is the model with its "
+                              "LoRA adapters switched off, and 'lora' is null (full fine-tuning): keep a lora section or set it to 0")
         if out['lora'] is None and out['quantization']['bits'] == 4:
             raise ConfigError("config key 'lora': null (full fine-tuning) trains every weight, which a 4-bit base cannot hold; "
                               "set quantization.bits to 16 or 32, or keep a lora section (QLoRA)")
@@ -171,8 +177,11 @@ _LAB_EVAL = ['Who are you?', 'What is the capital of France?']
 CONFIGS = {
     'smollm2_135m_qlora_self_cognition': dict(
         model=dict(path='smollm2'), template='smollm2',
+        # trained and shipped: the base's kind of default system prompt, naming the new identity (never the base's own, which names SmolLM)
+        system='You are a helpful AI assistant named Lumi, trained by the learnft course.',
         data=dict(sources=[dict(builder='identity', builder_args=dict(name='Lumi', author='the learnft course', repeats=2)),  # 自我认知
-                           dict(builder='general_qa', repeats=1)],         # + general chat, so that it keeps answering other questions
+                           # + general chat, so that it keeps answering other questions, held to the base's own answers (KL, 10d)
+                           dict(builder='general_qa', repeats=1, kl_to_base=1.0)],
                   max_length=128, pack_to_max_length=True),
         quantization=dict(bits=4, quant_type='nf4', double_quant=True, compute_dtype='float32'),
         # attention projections only: the MLPs, where most factual associations live, stay untouched (see the lab's results)

@@ -150,7 +150,7 @@ def encode_dataset(ds, tokenizer, max_length: int, template=None, turns: str='al
     elif template is not None:
         from learnft.formats import as_xtuner_template
         template = as_xtuner_template(template)
-    keep_cols = [c for c in ds.column_names if c == 'row']
+    keep_cols = [c for c in ds.column_names if c in ('row', 'kl_to_base')]   # per-sample bookkeeping rides along
     ds = ds.map(_encode_batch, batched=True, fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, turns=turns, template=template,
                                                             style=style, system=system),
                 remove_columns=[c for c in ds.column_names if c not in keep_cols], num_proc=num_proc, desc='encode')

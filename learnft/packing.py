@@ -129,7 +129,7 @@ def pack_streaming(samples: list, max_length: int, keep_tail: bool=True, verbose
 
 # %% ../nbs/04_packing.ipynb #06fc7114
 def pack_dataset(ds, max_length: int, verbose: bool=True):
-    "Best-fit pack an encoded `datasets.Dataset` (`input_ids`, `labels`) into rows with `position_ids` and `seq_lens`; `(ds, PackReport)`."
+    "Best-fit pack an encoded `datasets.Dataset` (`input_ids`, `labels`) into rows with `position_ids` and `seq_lens`; `(ds, PackReport)`. A per-sample `kl_to_base` column becomes a per-row list beside `seq_lens`."
     import datasets, numpy as np, pyarrow as pa, pyarrow.compute as pc
     for c in ('input_ids', 'labels'):
         if c not in ds.column_names: raise ValueError(f"dataset has no column {c!r} (columns: {ds.column_names}); encode it first")
@@ -163,9 +163,11 @@ def pack_dataset(ds, max_length: int, verbose: bool=True):
     as_list = lambda flat, off: pa.ListArray.from_arrays(pa.array(off, pa.int32()), pa.array(flat))
     # the fingerprint is derived from the input's and max_length: left to `datasets`, it hashes all 4 columns (~60 % of the time)
     from datasets.fingerprint import Hasher
+    bin_off = np.concatenate([[0], np.cumsum(bin_sizes)])
+    extra = {c: as_list(np.asarray(tbl[c].to_numpy(zero_copy_only=False), np.float32)[order], bin_off)
+             for c in ('kl_to_base',) if c in ds.column_names}          # one value per sample, in seq_lens' order
     out = datasets.Dataset(pa.table({'input_ids': as_list(ids, row_off), 'labels': as_list(labels, row_off),
-                                     'position_ids': as_list(pos, row_off),
-                                     'seq_lens': as_list(olens, np.concatenate([[0], np.cumsum(bin_sizes)]))}),
+                                     'position_ids': as_list(pos, row_off), 'seq_lens': as_list(olens, bin_off), **extra}),
                            fingerprint=Hasher.hash(('learnft.pack_dataset', ds._fingerprint, max_length)))
     rep = PackReport(len(lens), int(lens.sum()), len(bins), max_length)
     if verbose: print(rep)

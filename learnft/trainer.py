@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['raw_rows', 'conversations', 'served_chat_template', 'validation_split', 'build_dataset', 'collate',
-           'resolve_model_path', 'load_model', 'add_lora', 'apply_kernels', 'batch_indices', 'total_steps',
-           'make_optimizer', 'PlainStepper', 'DeepSpeedStepper', 'optimizer_step', 'validation_loss', 'plot_loss',
-           'read_log', 'train', 'TrainingDiverged', 'RunLog', 'run_eval_prompts']
+           'token_kl_weights', 'resolve_model_path', 'load_model', 'add_lora', 'apply_kernels', 'batch_indices',
+           'total_steps', 'make_optimizer', 'PlainStepper', 'DeepSpeedStepper', 'optimizer_step', 'model_loss',
+           'validation_loss', 'plot_loss', 'read_log', 'train', 'TrainingDiverged', 'RunLog', 'run_eval_prompts']
 
 # %% ../nbs/10d_trainer.ipynb #c34336f8
 import contextlib, json, math, os, random, sys, time, warnings
@@ -47,6 +47,7 @@ def conversations(cfg: dict, verbose: bool=True):
     d, seed, style = cfg['data'], cfg['train']['seed'], cfg['template_style']
     sources = [(f'data.sources[{k}]', s) for k, s in enumerate(d['sources'])] or [('data', d)]
     parts, kinds = [], {}
+    kl = any(s.get('kl_to_base', 0) > 0 for _, s in sources)    # then every sample carries its source's KL weight
     for where, src in sources:
         ds, fmt = raw_rows(src, where)
         kinds[where] = 'plain text (no template)' if fmt == 'pretrain' else 'conversations'
@@ -60,6 +61,7 @@ def conversations(cfg: dict, verbose: bool=True):
                 if verbose: print(f"{where}: max_dataset_length {d['max_dataset_length']} >= its {len(conv)} rows: all of them used")
             else: conv = _subset(conv, d['max_dataset_length'], seed)
         reps = src.get('repeats', 1.0)
+        if kl: conv = conv.add_column('kl_to_base', [float(src['kl_to_base'])] * len(conv))
         whole, frac = int(reps), reps - int(reps)
         part = [conv] * whole + ([_subset(conv, round(frac * len(conv)), seed + 1)] if frac else [])
         if not part or sum(len(x) for x in part) == 0: raise DataError(f"config key {where + '.repeats'!r}: {reps} of {len(conv)} rows is none")
@@ -107,11 +109,23 @@ def build_dataset(cfg: dict, tokenizer, verbose: bool=True, split: str='train') 
     return [dict(r) for r in enc.remove_columns([c for c in enc.column_names if c in ('row', 'length')])]
 
 def collate(rows: list, pad_token_id: int, varlen: bool=False, mask_dtype=torch.float32) -> dict:
-    "Tensors for a micro-batch: packed rows get positions and the block-diagonal mask in `mask_dtype` (or, `varlen`, one flattened row with `cu_seqlens`), plain samples dynamic padding."
+    "Tensors for a micro-batch: packed rows get positions and the block-diagonal mask in `mask_dtype` (or, `varlen`, one flattened row with `cu_seqlens`), plain samples dynamic padding; rows with `kl_to_base` also get each token's `kl_weight`."
     if 'seq_lens' in rows[0]:
-        if varlen: return collate_varlen(rows, pad_token_id)
-        b = collate_packed(rows, pad_token_id, mask_dtype=mask_dtype); b.pop('cu_seqlens'); return b
-    return collate_padded(rows, pad_token_id)
+        if varlen: b = collate_varlen(rows, pad_token_id)
+        else: b = collate_packed(rows, pad_token_id, mask_dtype=mask_dtype); b.pop('cu_seqlens')
+    else: b = collate_padded(rows, pad_token_id)
+    if 'kl_to_base' in rows[0]: b['kl_weight'] = token_kl_weights(rows, b['labels'].shape)
+    return b
+
+def token_kl_weights(rows: list, shape) -> torch.Tensor:
+    "Each token's `kl_to_base` weight, its sample's (packed rows: one per `seq_lens` entry; padding 0), in the labels' `shape`."
+    L = shape[-1] if len(shape) == 2 and shape[0] == len(rows) else shape[-1] // len(rows)     # varlen: rows flattened into one
+    w = torch.zeros(len(rows), L)
+    for i, r in enumerate(rows):
+        if 'seq_lens' in r: v = torch.repeat_interleave(torch.tensor(r['kl_to_base'], dtype=torch.float32), torch.tensor(r['seq_lens']))
+        else: v = torch.full((len(r['input_ids']),), float(r['kl_to_base']))
+        w[i, :len(v)] = v
+    return w.reshape(shape)
 
 # %% ../nbs/10d_trainer.ipynb #3dea6f55
 def resolve_model_path(cfg_model: dict, work_dir=None) -> Path:
@@ -219,7 +233,7 @@ class PlainStepper:
     def __init__(self, model, opt, sched, max_norm: float, device):
         self.model, self.opt, self.sched, self.max_norm, self.device = model, opt, sched, max_norm, device
         self.grad_norm, self.skipped = None, 0
-    def forward(self, batch): return self.model(**batch).loss
+    def forward(self, batch): return model_loss(self.model, batch)
     def backward(self, loss, n_micro: int): (loss / n_micro).backward()
     def step(self):
         self.grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.max_norm))
@@ -235,7 +249,7 @@ class DeepSpeedStepper:
     collective = True                            # a rank alone must not stop (the others would wait for it): the global grad norm decides
     def __init__(self, engine, world: int, device):
         self.engine, self.world, self.device, self.grad_norm, self.skipped = engine, world, device, None, 0
-    def forward(self, batch): return self.engine(**batch).loss
+    def forward(self, batch): return model_loss(self.engine, batch, self.engine.module)
     def backward(self, loss, n_micro: int):
         self.engine.backward(loss); self.engine.step()
         g = self.engine.get_global_grad_norm()     # of the last optimizer step (DeepSpeed computes it when it clips)
@@ -270,6 +284,23 @@ def optimizer_step(stepper, micro: list, make_batch, amp=contextlib.nullcontext)
     if stepper.grad_norm is not None and not math.isfinite(stepper.grad_norm): raise FloatingPointError(f'the gradient norm is {stepper.grad_norm}')
     return stepper.reduce(loss_sum, tokens)      # the mean over ranks (one process: as it is)
 
+# %% ../nbs/10d_trainer.ipynb #6a5f9083
+def model_loss(model, batch: dict, peft_model=None) -> torch.Tensor:
+    """A micro-batch's training loss: the mean cross-entropy over its trained tokens, plus, where its tokens carry a `kl_weight` (their
+    source's `kl_to_base`), the weighted mean over those trained tokens of KL(base ‖ model): the base is the same model with its LoRA
+    adapters switched off (`peft_model`, when `model` wraps it), on the same input: rehearsal without a second copy of the weights."""
+    w = batch.pop('kl_weight', None)
+    out = model(**batch)
+    if w is None: return out.loss
+    w = w.to(out.logits.device)
+    sel = (batch['labels'][..., 1:] != IGNORE_INDEX) & (w[..., 1:] > 0)    # the positions that predict a trained token of such a source
+    if not sel.any(): return out.loss
+    base = peft_model if peft_model is not None else model
+    with torch.no_grad(), base.disable_adapter():
+        ref = base(**{k: v for k, v in batch.items() if k != 'labels'}).logits[..., :-1, :][sel].float().log_softmax(-1)
+    kl = (ref.exp() * (ref - out.logits[..., :-1, :][sel].float().log_softmax(-1))).sum(-1)
+    return out.loss + (w[..., 1:][sel] * kl).sum() / sel.sum()
+
 # %% ../nbs/10d_trainer.ipynb #8164fae8
 @torch.no_grad()
 def validation_loss(model, rows: list, make_batch, batch_size: int, amp=contextlib.nullcontext) -> tuple:
@@ -278,7 +309,7 @@ def validation_loss(model, rows: list, make_batch, batch_size: int, amp=contextl
     total, n = 0.0, 0
     for i in range(0, len(rows), batch_size):
         b = make_batch(list(range(i, min(i + batch_size, len(rows)))))
-        with amp(): logits = model(**{k: v for k, v in b.items() if k != 'labels'}).logits.float()
+        with amp(): logits = model(**{k: v for k, v in b.items() if k not in ('labels', 'kl_weight')}).logits.float()
         labels = b['labels'][:, 1:]
         total += torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                                    ignore_index=IGNORE_INDEX, reduction='sum').item()

@@ -60,7 +60,12 @@ def test_shipped_lab_layout_has_no_base_identity(tok):
     cfg = config.load_config('smollm2_135m_qlora_self_cognition')
     served = tok.apply_chat_template([{'role': 'user', 'content': 'Hi'}], chat_template=trainer.served_chat_template(cfg, tok),
                                      tokenize=False, add_generation_prompt=True)
-    assert served == '<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n'
+    # the lab trains and ships its own default system prompt: the base's kind of prompt, naming the new identity, never the base's
+    assert served == f"<|im_start|>system\n{cfg['system']}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert 'Lumi' in cfg['system'] and not any(w in served for w in ('SmolLM', 'Hugging Face'))
+    bare = config.load_config('smollm2_135m_qlora_self_cognition', ['system=null'])
+    assert tok.apply_chat_template([{'role': 'user', 'content': 'Hi'}], chat_template=trainer.served_chat_template(bare, tok),
+                                   tokenize=False, add_generation_prompt=True) == '<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n'
     system = config.load_config('smollm2_135m_qlora_self_cognition', ['system=You are Lumi.'])
     assert tok.apply_chat_template([{'role': 'user', 'content': 'Hi'}], chat_template=trainer.served_chat_template(system, tok),
                                    tokenize=False).startswith('<|im_start|>system\nYou are Lumi.<|im_end|>\n')

@@ -2,7 +2,9 @@
 
 XTuner's recipe (QLoRA nf4 + double quantization, LoRA r 64 / alpha 16 / dropout 0.1 on every linear layer, bf16
 autocast) on a config-built Llama of a 1B or 7B shape (random weights, SmolLM2's vocabulary), rows packed to `--seq`.
-Each variant is one `learnft.trainer.train` run in a fresh interpreter; the first 2 steps are warm-up and not counted.
+Each variant is one `learnft.trainer.train` run in a fresh interpreter; the first 2 steps are warm-up and not counted. A step's
+time runs from its start to the next step's (the host's work between steps counts; runs before 2026-12-03's run6 timed only
+the optimizer step itself, synchronised).
 
     python benchmarks/bench_mfu_gpu.py --shape 7b --seq 2048 --variants mask:2,varlen:2,varlen:4 --profile varlen:2
     python benchmarks/bench_mfu_gpu.py --shape 7b --peers trl,trl-liger --peer-batch 2     # TRL SFTTrainer (+ Liger) alike
@@ -18,7 +20,8 @@ A variant is `attention:micro_batch[:flag...]`, attention one of `mask` (sdpa wi
 or `varlen` (`data.use_varlen_attn`: one flattened row, flash varlen); flags: `ckpt` (gradient checkpointing), `compile`
 (`train.kernels: compile`, torch.compile of each decoder layer), `liger` (`train.kernels: liger`, Liger's kernels), `nodrop`
 (LoRA dropout 0, so that the variants' losses can be compared step for step), `fp32` (float32 compute, no autocast: the
-yardstick for bf16 noise). `--profile V` profiles steps 4-5 of variant V
+yardstick for bf16 noise), `noprefetch` (`train.prefetch: false`: the batches built in the loop, not in a background thread
+while the step before runs). `--profile V` profiles steps 4-5 of variant V
 (torch.profiler) and prints the GPU time per step by kind of kernel and the time the GPU sat idle.
 """
 import argparse, json, os, subprocess, sys, tempfile, time
@@ -70,23 +73,26 @@ def worker(spec: str, model_dir: str, seq: int, steps: int, profile: bool) -> di
     cfg = recipe(model_dir, seq, int(batch), steps, att == 'varlen', 'ckpt' in flags)
     if 'nodrop' in flags: cfg['lora']['lora_dropout'] = 0.0      # for comparing losses: no random dropout masks
     if 'fp32' in flags: cfg['quantization']['compute_dtype'] = 'float32'; cfg['train']['mixed_precision'] = None
+    if 'noprefetch' in flags: cfg['train']['prefetch'] = False    # each step's batches built in the loop, as before train.prefetch
     kernels = '+'.join(k for k in ('liger', 'compile') if k in flags) or None
     cfg['train']['kernels'] = kernels                # learnft's own switch (trainer.apply_kernels)
     seen, prof_out = [], {}
     real_step = trainer.optimizer_step
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)   # (a CPU run: to try the script)
-    def step(stepper, micro, make_batch, amp):   # counts every processed token; profiles steps 4-5
+    def step(stepper, micro, make_batch, amp, batches=None):   # counts every processed token; profiles steps 4-5
+        prof_out.setdefault('entries', []).append(time.perf_counter())   # a step's time: from its start to the next one's
         def counted(idx):
             b = make_batch(idx); seen.append(int(b['input_ids'].numel())); return b
+        if batches is not None: seen.extend(int(b['input_ids'].numel()) for b in batches)   # built ahead (train.prefetch)
         k = len(prof_out.setdefault('walls', []))
         if not (profile and k in (3, 4)):
-            t = time.perf_counter(); r = real_step(stepper, micro, counted, amp); sync()
-            prof_out['walls'].append(time.perf_counter() - t); return r
+            t = time.perf_counter(); r = real_step(stepper, micro, counted, amp, batches); sync()
+            prof_out['walls'].append(time.perf_counter() - t); prof_out['end'] = time.perf_counter(); return r
         from torch.profiler import profile as P, ProfilerActivity as A
         sync(); t = time.perf_counter()
         with P(activities=[A.CPU, A.CUDA]) as p:
-            r = real_step(stepper, micro, counted, amp); sync()
-        prof_out['walls'].append(time.perf_counter() - t)
+            r = real_step(stepper, micro, counted, amp, batches); sync()
+        prof_out['walls'].append(time.perf_counter() - t); prof_out['end'] = time.perf_counter()
         per = prof_out.setdefault('kinds', {})
         for e in p.key_averages():
             us = getattr(e, 'self_device_time_total', None)
@@ -100,7 +106,9 @@ def worker(spec: str, model_dir: str, seq: int, steps: int, profile: bool) -> di
     with tempfile.TemporaryDirectory() as d:
         trainer.train(cfg, Path(d)/'run', verbose=False)
         recs = trainer.read_log(Path(d)/'run')
-    walls = [w for k, w in enumerate(prof_out['walls']) if k >= 2 and not (profile and k in (3, 4))]
+    # from each step's start to the next one's (the last: to its end, synchronised): the host's work between steps counts too
+    ent = prof_out['entries'] + [prof_out['end']]
+    walls = [ent[k + 1] - ent[k] for k in range(len(prof_out['walls'])) if k >= 2 and not (profile and k in (3, 4))]
     per_step = len(seen) // max(len(prof_out['walls']), 1)
     return {'spec': spec, 's_step': sum(walls) / len(walls), 'tokens_step': sum(seen[2 * per_step:]) / max(len(prof_out['walls']) - 2, 1),
             'trained_step': sum(r['tokens'] for r in recs[2:]) / max(len(recs) - 2, 1),

@@ -6,7 +6,8 @@
 __all__ = ['raw_rows', 'conversations', 'served_chat_template', 'validation_split', 'build_dataset', 'collate',
            'token_kl_weights', 'resolve_model_path', 'load_model', 'add_lora', 'apply_kernels', 'batch_indices',
            'total_steps', 'make_optimizer', 'PlainStepper', 'DeepSpeedStepper', 'optimizer_step', 'model_loss',
-           'validation_loss', 'plot_loss', 'read_log', 'train', 'TrainingDiverged', 'RunLog', 'run_eval_prompts']
+           'validation_loss', 'plot_loss', 'read_log', 'train', 'step_batches', 'TrainingDiverged', 'RunLog',
+           'run_eval_prompts']
 
 # %% ../nbs/10d_trainer.ipynb #c34336f8
 import contextlib, json, math, os, random, sys, time, warnings
@@ -260,12 +261,12 @@ class DeepSpeedStepper:
         s = torch.tensor([loss, tokens], dtype=torch.float64, device=self.device); dist.all_reduce(s)
         return s[0].item() / self.world, int(s[1].item())
 
-def optimizer_step(stepper, micro: list, make_batch, amp=contextlib.nullcontext) -> tuple:
+def optimizer_step(stepper, micro: list, make_batch, amp=contextlib.nullcontext, batches: list=None) -> tuple:
     """One optimizer step over `micro` (the row indices of each micro-batch; `make_batch` builds one): `(mean loss, trained tokens)`
     over all ranks. A micro-batch with no trained token is skipped and counted (`stepper.skipped`): its loss would be 0/0; a
     step left with none returns `(None, 0)`. A non-finite loss or gradient norm raises `FloatingPointError` before any update
-    (under DeepSpeed on every rank together, from the global gradient norm after the engine's step)."""
-    batches = [make_batch(idx) for idx in micro]
+    (under DeepSpeed on every rank together, from the global gradient norm after the engine's step). `batches`: built already (`step_batches`)."""
+    batches = [make_batch(idx) for idx in micro] if batches is None else batches
     if stepper.can_skip:
         kept = [b for b in batches if (b['labels'][:, 1:] != IGNORE_INDEX).any()]   # the loss shifts by one token
         stepper.skipped += len(batches) - len(kept); batches = kept
@@ -417,12 +418,14 @@ def _train(config, work_dir, resume, max_steps, verbose, deepspeed, stop_at) -> 
     log = RunLog(work_dir, main, start)
     validate = _validator(cfg, tok, model, pad, mask_dtype, amp, work_dir, main, verbose, log)
     accum, t0, tokens = t['accumulative_counts'], time.time(), 0
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc='train', file=sys.stdout,
+    bar = tqdm(initial=start, total=steps, desc='train', file=sys.stdout,
                disable=not verbose or os.environ.get('TQDM_DISABLE', '') not in ('', '0'))   # tqdm's own switch, honoured
-    for step in bar:
-        ts, lr = time.time(), sched.get_last_lr()[0]
+    def build(step):                             # this rank's micro-batches of a step
         micro = batch_indices(len(rows), step, t['batch_size'], accum * world, t['seed'])[rank * accum:(rank + 1) * accum]
-        loss, ntok = _guarded_step(stepper, micro, make_batch, amp, step + 1, work_dir, log)
+        return micro, [make_batch(idx) for idx in micro]
+    for step, micro, built in step_batches(build, range(start, steps), t['prefetch'], pin=device.type == 'cuda'):
+        ts, lr = time.time(), sched.get_last_lr()[0]
+        loss, ntok = _guarded_step(stepper, micro, make_batch, amp, step + 1, work_dir, log, built)
         tokens += ntok
         if loss is not None:
             log.step(step + 1, loss, lr, stepper.grad_norm, ntok, time.time() - ts); bar.set_postfix(loss=f'{loss:.3f}')
@@ -430,21 +433,41 @@ def _train(config, work_dir, resume, max_steps, verbose, deepspeed, stop_at) -> 
             validate(step + 1)
             save_checkpoint(work_dir, step + 1, model, opt, sched, t['save_total_limit'], engine, tokenizer=tok)
         if main and cfg['eval']['every_steps'] and (step + 1) % cfg['eval']['every_steps'] == 0: run_eval_prompts(model, tok, cfg, work_dir, step + 1)
+        bar.update(1)
         if stop_at is not None and step + 1 >= stop_at:
             if verbose: print(f'stopped after step {step + 1} (simulated interruption)')
-            log.close(); return {'work_dir': str(work_dir), 'steps_run': step + 1 - start, 'interrupted': True}
-    log.close()
+            log.close(); bar.close(); return {'work_dir': str(work_dir), 'steps_run': step + 1 - start, 'interrupted': True}
+    log.close(); bar.close()
     out = 'adapter' if cfg['lora'] is not None else 'model'          # full fine-tuning (lora: null) ships a whole model
     summary = {'work_dir': str(work_dir), 'base': str(base), out: str(work_dir/out), 'steps': steps, 'steps_run': steps - start,
                'rows': len(rows), 'world_size': world, 'skipped_micro_batches': stepper.skipped}
     return _finish(summary, time.time() - t0, tokens, model, tok, cfg, device, engine, main, verbose)
 
+def step_batches(build, steps, prefetch: bool=True, pin: bool=False):
+    """`(step, micro, batches)` for each of `steps`, `build(step)` giving `(micro, batches)`. With `prefetch` (`train.prefetch`), step
+    s + 1's batches are built, and pinned for a GPU (`pin`: their copy to it is then asynchronous), in a background thread while
+    step s runs: the accelerator does not wait for the host's collate between steps. The batches are the same either way."""
+    from concurrent.futures import ThreadPoolExecutor
+    def make(step):
+        micro, bs = build(step)
+        return micro, [{k: v.pin_memory() if pin and torch.is_tensor(v) else v for k, v in b.items()} for b in bs]
+    steps = list(steps)
+    if not prefetch or not steps:
+        for s in steps: yield (s, *make(s))
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix='learnft-prefetch') as pool:
+        nxt = pool.submit(make, steps[0])
+        for k, s in enumerate(steps):
+            micro, bs = nxt.result()
+            if k + 1 < len(steps): nxt = pool.submit(make, steps[k + 1])
+            yield s, micro, bs
+
 class TrainingDiverged(FloatingPointError):
     "A non-finite loss or gradient norm: the run stops before the update; the checkpoints already written stay as they are."
 
-def _guarded_step(stepper, micro: list, make_batch, amp, step: int, work_dir: Path, log) -> tuple:
+def _guarded_step(stepper, micro: list, make_batch, amp, step: int, work_dir: Path, log, batches: list=None) -> tuple:
     "`optimizer_step`, or `TrainingDiverged` naming the step, what was not finite and the last good checkpoint."
-    try: return optimizer_step(stepper, micro, make_batch, amp)
+    try: return optimizer_step(stepper, micro, make_batch, amp, batches)
     except FloatingPointError as e:
         log.close()
         cps = checkpoints(work_dir)

@@ -41,3 +41,28 @@ def test_compiled_layers_train_like_eager(tmp_path):
     assert len(losses[None]) == 3
     # measured: identical to the 6 decimals the log keeps (inductor's fp32 fusions reorder no reduction here)
     assert losses['compile'] == pytest.approx(losses[None], abs=1e-5)
+
+
+def test_prefetch_trains_like_the_loop(tmp_path):
+    "train.prefetch builds the next step's batches in a thread: the same batches, so the same losses (dropout on: the same RNG draws too)."
+    losses = {}
+    for p in (False, True):
+        cfg = copy.deepcopy(BASE); cfg['train']['prefetch'] = p; cfg['lora']['lora_dropout'] = 0.1
+        trainer.train(cfg, tmp_path/str(p), verbose=False)
+        losses[p] = [r['loss'] for r in trainer.read_log(tmp_path/str(p))]
+    assert len(losses[True]) == 3 and losses[True] == losses[False]
+
+
+def test_step_batches_order_and_early_stop():
+    built = []
+    def build(s): built.append(s); return [s], [{'x': torch.tensor([s])}]
+    for pf in (False, True):
+        built.clear()
+        got = [(s, m, b[0]['x'].item()) for s, m, b in trainer.step_batches(build, range(2, 6), pf)]
+        assert got == [(s, [s], s) for s in range(2, 6)] and built == [2, 3, 4, 5]
+    built.clear()
+    gen = trainer.step_batches(build, range(10), True)
+    assert next(gen)[0] == 0 and next(gen)[0] == 1
+    gen.close()                                   # a run that stops early (stop_at, a diverged step) builds at most one step ahead
+    assert built == [0, 1, 2]
+    assert list(trainer.step_batches(build, range(0), True)) == []

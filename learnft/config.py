@@ -56,7 +56,7 @@ CONFIG_SCHEMA = {
               'gradient_checkpointing': (False, ANY_BOOL),       # recompute activations in backward: less memory, ~30 % more time
               'mixed_precision': (None, ('bf16', None)),         # bf16: forward under torch.autocast (XTuner's AmpOptimWrapper)
               'kernels': (None, ('liger', 'compile', 'liger+compile', None)),   # fused kernels around the matmuls (GPU; see apply_kernels)
-              'prefetch': (True, ANY_BOOL)},     # build the next step's batches in a background thread while this one runs
+              'prefetch': (True, ANY_BOOL)},     # on a GPU: build the next step's batches in a background thread while this one runs
     'eval': {'prompts': ([], ANY_LIST), 'every_steps': (0, ANY_INT), 'max_new_tokens': (40, ANY_INT)},
     'deepspeed': (None, ('zero2', None)),
 }

@@ -423,7 +423,8 @@ def _train(config, work_dir, resume, max_steps, verbose, deepspeed, stop_at) -> 
     def build(step):                             # this rank's micro-batches of a step
         micro = batch_indices(len(rows), step, t['batch_size'], accum * world, t['seed'])[rank * accum:(rank + 1) * accum]
         return micro, [make_batch(idx) for idx in micro]
-    for step, micro, built in step_batches(build, range(start, steps), t['prefetch'], pin=device.type == 'cuda'):
+    prefetch = t['prefetch'] and device.type != 'cpu'   # on a CPU the host is the accelerator: a second thread only competes for its cores
+    for step, micro, built in step_batches(build, range(start, steps), prefetch, pin=device.type == 'cuda'):
         ts, lr = time.time(), sched.get_last_lr()[0]
         loss, ntok = _guarded_step(stepper, micro, make_batch, amp, step + 1, work_dir, log, built)
         tokens += ntok

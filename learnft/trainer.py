@@ -120,7 +120,7 @@ def collate(rows: list, pad_token_id: int, varlen: bool=False, mask_dtype=torch.
 
 def token_kl_weights(rows: list, shape) -> torch.Tensor:
     "Each token's `kl_to_base` weight, its sample's (packed rows: one per `seq_lens` entry; padding 0), in the labels' `shape`."
-    L = shape[-1] if len(shape) == 2 and shape[0] == len(rows) else shape[-1] // len(rows)     # varlen: rows flattened into one
+    L = math.prod(shape) // len(rows)           # each row's padded length (varlen: the rows flattened into one)
     w = torch.zeros(len(rows), L)
     for i, r in enumerate(rows):
         if 'seq_lens' in r: v = torch.repeat_interleave(torch.tensor(r['kl_to_base'], dtype=torch.float32), torch.tensor(r['seq_lens']))

@@ -74,7 +74,7 @@ def worker(spec: str, model_dir: str, seq: int, steps: int, profile: bool) -> di
     if 'nodrop' in flags: cfg['lora']['lora_dropout'] = 0.0      # for comparing losses: no random dropout masks
     if 'fp32' in flags: cfg['quantization']['compute_dtype'] = 'float32'; cfg['train']['mixed_precision'] = None
     if 'noprefetch' in flags: cfg['train']['prefetch'] = False    # each step's batches built in the loop, as before train.prefetch
-    kernels = '+'.join(k for k in ('liger', 'compile') if k in flags) or None
+    kernels = '+'.join(k for k in ('liger', 'compile', 'lora') if k in flags) or None
     cfg['train']['kernels'] = kernels                # learnft's own switch (trainer.apply_kernels)
     seen, prof_out = [], {}
     real_step = trainer.optimizer_step

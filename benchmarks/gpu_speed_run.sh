@@ -5,8 +5,9 @@
 # library, datasets, dill, multiprocess, trl, liger-kernel) and .whl_uns/ (unsloth without its studio/ UI, unsloth_zoo and
 # the small packages they import), the SmolLM2 tokenizer in .tok/: `bash tools/device_wheels.sh --peers` makes all three.
 # Results go to $OUT (the device tool's output folder; benchmarks/results/ holds the 2026-12-03 run's).
-#   bash benchmarks/gpu_speed_run.sh [probe] [dequant] [mfu] [unsloth]        (default: probe dequant mfu)
-# with VARIANTS=, PROFILE=, PEERS=, PEER_BATCH=, SIZES= and *_S= (time limits) to override what each step runs.
+#   bash benchmarks/gpu_speed_run.sh [probe] [dequant] [lora] [mfu] [unsloth]        (default: probe dequant mfu)
+# with VARIANTS=, PROFILE=, SHAPE=, RUN= (the results' name), PEERS=, PEER_BATCH=, SIZES= and *_S= (time limits) to override
+# what each step runs. lora: the fused LoRA dropout kernels checked and timed (bench_lora_dropout_gpu.py).
 set -u
 OUT=${OUT:-benchmarks/results/new}; mkdir -p "$OUT"
 STEPS=${*:-probe dequant mfu}
@@ -23,11 +24,14 @@ for s in $STEPS; do case $s in
   dequant)
     timeout ${DEQUANT_S:-200} python3 benchmarks/bench_dequant_gpu.py --sweep --sizes ${SIZES:-4096,11008x4096,16384} \
       --json $OUT/bench_dequant_gpu_h200.json 2>&1 | tee $OUT/bench_dequant_gpu_h200.txt ;;
+  lora)
+    timeout ${LORA_S:-150} python3 benchmarks/bench_lora_dropout_gpu.py --json $OUT/bench_lora_dropout_gpu_h200.json 2>&1 \
+      | tee $OUT/bench_lora_dropout_gpu_h200.txt ;;
   mfu)
-    timeout ${MFU_S:-340} python3 benchmarks/bench_mfu_gpu.py --shape 1b --seq 2048 --steps 8 --work /tmp/w \
+    timeout ${MFU_S:-340} python3 benchmarks/bench_mfu_gpu.py --shape ${SHAPE:-1b} --seq 2048 --steps 8 --work /tmp/w \
       --variants ${VARIANTS:-varlen:16:liger:compile,varlen:16:liger,varlen:8:liger:compile,varlen:24:liger:compile} \
       --profile ${PROFILE:-varlen:16:liger:compile,varlen:16:liger,varlen:8:liger:compile,varlen:24:liger:compile} \
-      --json $OUT/bench_mfu_gpu_h200_run4_1b.json 2>&1 | tee $OUT/bench_mfu_gpu_h200_run4_1b.txt ;;
+      --json $OUT/bench_mfu_gpu_h200_${RUN:-run4_1b}.json 2>&1 | tee $OUT/bench_mfu_gpu_h200_${RUN:-run4_1b}.txt ;;
   unsloth)
     python3 -m pip install -q --no-index --no-deps --target /tmp/site_uns .whl_uns/*.whl 2>&1 | grep -v WARNING | tail -2
     PYTHONPATH=$UNS timeout ${UNSLOTH_S:-240} python3 benchmarks/bench_mfu_gpu.py --shape ${USHAPE:-1b} --seq 2048 --steps 8 --work /tmp/w \

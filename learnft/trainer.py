@@ -179,14 +179,21 @@ def apply_kernels(model, kernels: str=None, device=None):
     third of the GPU's time (norms, rotary embeddings, SwiGLU, LoRA's dropout, scale and add, the loss: benchmarks/bench_mfu_gpu.py).
     `'liger'`: Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, and the LM head fused with the cross-entropy, so the logits are never
     stored), put on the model as transformers' `use_liger_kernel` does; `'compile'`: `torch.compile` of each decoder layer
-    (regional compilation; the varlen attention kernel stays outside the graph); `'liger+compile'`: both. `None`: as it is."""
+    (regional compilation; the varlen attention kernel stays outside the graph); `'lora'`: LoRA's dropout and A matmul as one
+    Triton kernel that stores no mask (`learnft.speed.fuse_lora`, lesson 08b). Joined with `+` for several (`'liger+compile+lora'`). `None`: as it is."""
     if not kernels: return model
     parts = kernels.split('+')
     base = model.get_base_model() if hasattr(model, 'get_base_model') else model
+    if {'liger', 'lora'} & set(parts) and device is not None and torch.device(device).type != 'cuda':
+        raise ConfigError(f"config key 'train.kernels': {kernels!r} runs Triton kernels on a GPU; this run is on {torch.device(device).type} "
+                          "(use 'compile' or none there)")
+    if 'lora' in parts:
+        if not hasattr(model, 'peft_config'): raise ConfigError(f"config key 'train.kernels': {kernels!r}: 'lora' needs LoRA adapters (lora: null here)")
+        try: import triton  # noqa: F401
+        except ImportError: raise ConfigError(f"config key 'train.kernels': {kernels!r} needs the triton package (pip install triton)") from None
+        from learnft.speed import fuse_lora
+        if not fuse_lora(model): raise ConfigError(f"config key 'train.kernels': {kernels!r}: found no LoRA linear layer to fuse")
     if 'liger' in parts:
-        if device is not None and torch.device(device).type != 'cuda':
-            raise ConfigError(f"config key 'train.kernels': {kernels!r} runs Triton kernels on a GPU; this run is on {torch.device(device).type} "
-                              "(use 'compile' or none there)")
         try: from liger_kernel.transformers import _apply_liger_kernel_to_instance
         except ImportError: raise ConfigError(f"config key 'train.kernels': {kernels!r} needs the liger-kernel package: "
                                               "pip install liger-kernel (or set train.kernels: compile)") from None
@@ -201,6 +208,7 @@ def apply_kernels(model, kernels: str=None, device=None):
         for layer in layers: layer.compile()
     return model
 
+# %% ../nbs/10d_trainer.ipynb #9951aced
 def batch_indices(n_rows: int, step: int, batch_size: int, accumulative_counts: int, seed: int) -> list:
     "Row indices of each micro-batch of optimizer step `step`: epochs are seeded permutations, walked in order."
     per_step = batch_size * accumulative_counts

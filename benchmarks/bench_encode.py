@@ -6,7 +6,7 @@ for how it was built) as a subprocess; each side reports its time and a digest o
 
     .venv/bin/python benchmarks/bench_encode.py --xtuner-python /work/devtools/xtvenv/bin/python [--n 20000] [--repeats 3]
 """
-import argparse, hashlib, json, os, random, subprocess, sys, tempfile, time
+import argparse, gc, hashlib, json, os, random, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,14 +58,18 @@ def main():
     from learnft.encode import encode, encode_conversations
     rows = synth(a.n)
     tok, tpl = load_smollm2_tokenizer(), as_xtuner_template('internlm2_chat')
-    def one_call():
-        t0 = time.perf_counter(); out = [encode(template_map(openai_map(r), tpl), tok, 2048) for r in rows]
-        return time.perf_counter() - t0, out
+    def timed(fn):
+        # (seconds, digest, tokens): the outputs are dropped once digested, as XTuner's process drops its own by exiting. Kept
+        # alive, earlier runs' outputs slowed the next runs (7.6, 8.1, 10.3 s for the same batched path, with 1, 3 and 5 earlier
+        # runs' outputs alive: most likely the garbage collector, which walks every live list)
+        gc.collect(); t0 = time.perf_counter(); out = fn(); dt = time.perf_counter() - t0
+        return dt, digest(out), sum(len(e['input_ids']) for e in out)
+    def one_call(): return [encode(template_map(openai_map(r), tpl), tok, 2048) for r in rows]
     def batched():   # encode_dataset's path: the pieces of 1,000 conversations in one tokenizer call
-        t0, out = time.perf_counter(), []
+        out = []
         for b in range(0, len(rows), 1000):
             out += encode_conversations([template_map(openai_map(r), tpl)['conversation'] for r in rows[b:b + 1000]], tok, 2048)
-        return time.perf_counter() - t0, out
+        return out
     with tempfile.NamedTemporaryFile('w', suffix='.jsonl', delete=False) as f:
         f.write('\n'.join(json.dumps(r, ensure_ascii=False) for r in rows)); path = f.name
     def xtuner():
@@ -77,7 +81,7 @@ def main():
     res, x = {}, None
     for _ in range(a.repeats):
         for name, fn in (('learnft, one call per row', one_call), ('learnft, batches of 1000', batched)):
-            r = fn()
+            r = timed(fn)
             if name not in res or r[0] < res[name][0]: res[name] = r
         r = xtuner()
         if x is None or r['seconds'] < x['seconds']: x = r
@@ -86,16 +90,15 @@ def main():
     # XTuner's encode_fn tokenizes one string per call and cannot use it. Run after XTuner's subprocesses, as a fork after
     # the pool has run switches it off in the child.
     os.environ['TOKENIZERS_PARALLELISM'] = 'true'
-    res[f'learnft, batches, {os.cpu_count()} threads'] = min((batched() for _ in range(a.repeats)), key=lambda r: r[0])
-    one = res['learnft, one call per row'][1]
-    ntok = sum(len(e['input_ids']) for e in one)
+    res[f'learnft, batches, {os.cpu_count()} threads'] = min((timed(batched) for _ in range(a.repeats)), key=lambda r: r[0])
+    ntok = res['learnft, one call per row'][2]
     print(f'{a.n} conversations, {ntok} tokens (SmolLM2 tokenizer, internlm2_chat, max_length 2048); {os.cpu_count()} CPUs; '
           f'seconds: the fastest of {a.repeats} runs of each side, in turn\n')
     print(f"| {'implementation':<28} | {'seconds':>8} | {'M tokens/s':>10} | {'vs XTuner':>9} | same ids+labels as XTuner |")
     print(f"|{'-'*30}|{'-'*10}|{'-'*12}|{'-'*11}|{'-'*27}|")
     print(f"| {'XTuner 0.2.0 (own venv)':<28} | {x['seconds']:8.2f} | {x['tokens'] / x['seconds'] / 1e6:10.3f} | {1:9.2f}x | {'-':<25} |")
-    for k, (dt, encs) in res.items():
-        print(f"| {k:<28} | {dt:8.2f} | {ntok / dt / 1e6:10.3f} | {x['seconds'] / dt:9.2f}x | {str(digest(encs) == x['digest']):<25} |")
+    for k, (dt, dig, _) in res.items():
+        print(f"| {k:<28} | {dt:8.2f} | {ntok / dt / 1e6:10.3f} | {x['seconds'] / dt:9.2f}x | {str(dig == x['digest']):<25} |")
 
 if __name__ == '__main__':
     main()

@@ -51,6 +51,7 @@ def main():
     ap.add_argument('--xtuner-python', default='/work/devtools/xtvenv/bin/python')
     ap.add_argument('--n', type=int, default=20000)
     ap.add_argument('--repeats', type=int, default=3, help='runs of each side, in turn; the fastest is reported')
+    ap.add_argument('--keep-outputs', action='store_true', help="keep every run's outputs alive (the script's old harness)")
     a = ap.parse_args()
     from learnft.models import offline; offline(); os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
     from learnft.models import load_smollm2_tokenizer, smollm2_path
@@ -59,11 +60,13 @@ def main():
     rows = synth(a.n)
     tok, tpl = load_smollm2_tokenizer(), as_xtuner_template('internlm2_chat')
     def timed(fn):
-        # (seconds, digest, tokens): the outputs are dropped once digested, as XTuner's process drops its own by exiting. Kept
-        # alive, earlier runs' outputs slowed the next runs (7.6, 8.1, 10.3 s for the same batched path, with 1, 3 and 5 earlier
-        # runs' outputs alive: most likely the garbage collector, which walks every live list)
+        # (seconds, digest, tokens): the outputs are dropped once digested, as XTuner's process drops its own by exiting.
+        # --keep-outputs keeps them alive instead, as this script once did: the later runs slow down (most likely the garbage
+        # collector, which walks every live list)
         gc.collect(); t0 = time.perf_counter(); out = fn(); dt = time.perf_counter() - t0
+        if a.keep_outputs: kept.append(out)
         return dt, digest(out), sum(len(e['input_ids']) for e in out)
+    kept = []
     def one_call(): return [encode(template_map(openai_map(r), tpl), tok, 2048) for r in rows]
     def batched():   # encode_dataset's path: the pieces of 1,000 conversations in one tokenizer call
         out = []

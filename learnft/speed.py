@@ -59,25 +59,35 @@ def _lora_kernels() -> dict:
     import triton, triton.language as tl
 
     @triton.jit
-    def _lora_rand16(seed, rows, col0, K, BK: tl.constexpr):
-        # [len(rows), BK] numbers in [0, 65536) for the columns col0 .. col0 + BK - 1 (col0 and K multiples of 8): one Philox
-        # call per 8 neighbouring values (4 words of 32 bits, each split in two halves), always the same for (seed, row, column)
+    def _lora_halves(seed, rows, col0, K, BK: tl.constexpr):
+        # eight [len(rows), BK / 8] numbers in [0, 65536), the i-th for column 8j + i of each group j of the columns col0 ..
+        # col0 + BK - 1 (col0 and K multiples of 8): one Philox call per group (4 words of 32 bits, each split in two halves),
+        # always the same for (seed, row, column)
         g = rows[:, None] * (K // 8) + (col0 // 8 + tl.arange(0, BK // 8))[None, :]
         r0, r1, r2, r3 = tl.randint4x(seed, g)
-        lo = tl.interleave(tl.interleave(r0 & 0xFFFF, r1 & 0xFFFF), tl.interleave(r2 & 0xFFFF, r3 & 0xFFFF))
-        hi = tl.interleave(tl.interleave(r0 >> 16, r1 >> 16), tl.interleave(r2 >> 16, r3 >> 16))
-        return tl.interleave(lo, hi).to(tl.int32)
-    globals()['_lora_rand16'] = _lora_rand16     # Triton finds the helpers a kernel calls among its module's globals
+        return (r0 & 0xFFFF, r0 >> 16, r2 & 0xFFFF, r2 >> 16, r1 & 0xFFFF, r1 >> 16, r3 & 0xFFFF, r3 >> 16)
 
     @triton.jit
-    def _lora_keep_bits(bits_ptr, rows, col0, T, K, BR: tl.constexpr, BK: tl.constexpr):
+    def _lora_spread(v0, v1, v2, v3, v4, v5, v6, v7):
+        # eight [rows, BK / 8] tensors, v_i for column 8j + i of each group j, as one [rows, BK] tensor in column order
+        return tl.interleave(tl.interleave(tl.interleave(v0, v4), tl.interleave(v2, v6)),
+                             tl.interleave(tl.interleave(v1, v5), tl.interleave(v3, v7)))
+
+    @triton.jit
+    def _lora_rand16(seed, rows, col0, K, BK: tl.constexpr):
+        # [len(rows), BK] numbers in [0, 65536) for the columns col0 .. col0 + BK - 1
+        v0, v1, v2, v3, v4, v5, v6, v7 = _lora_halves(seed, rows, col0, K, BK)
+        return _lora_spread(v0, v1, v2, v3, v4, v5, v6, v7).to(tl.int32)
+
+    @triton.jit
+    def _lora_keep_bits(bits_ptr, rows, col0, T, K, BK: tl.constexpr):
         # the forward's keep mask of rows x (col0 .. col0 + BK - 1), read back from its bits: byte j of a row holds columns
         # 8j .. 8j + 7, bit i column 8j + i
         bc = col0 // 8 + tl.arange(0, BK // 8)
-        b = tl.load(bits_ptr + rows[:, None] * (K // 8) + bc[None, :], mask=(rows[:, None] < T) & (bc[None, :] < K // 8), other=0)
-        k = (b.to(tl.int32)[:, :, None] >> tl.arange(0, 8)[None, None, :]) & 1
-        return tl.reshape(k, (BR, BK)) != 0
-    globals()['_lora_keep_bits'] = _lora_keep_bits
+        b = tl.load(bits_ptr + rows[:, None] * (K // 8) + bc[None, :], mask=(rows[:, None] < T) & (bc[None, :] < K // 8), other=0).to(tl.int32)
+        return _lora_spread(b & 1, (b >> 1) & 1, (b >> 2) & 1, (b >> 3) & 1, (b >> 4) & 1, (b >> 5) & 1, (b >> 6) & 1, (b >> 7) & 1) != 0
+    for f in (_lora_halves, _lora_spread, _lora_rand16, _lora_keep_bits):
+        globals()[f.fn.__name__] = f             # Triton finds the helpers a kernel calls among its module's globals
 
     @triton.jit
     def keep_mask(seed_ptr, out_ptr, T, K, thr, BM: tl.constexpr, BK: tl.constexpr):
@@ -99,10 +109,11 @@ def _lora_kernels() -> dict:
         for k0 in range(0, K, BK):
             cols = k0 + tl.arange(0, BK)
             x = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=(rows[:, None] < T) & (cols[None, :] < K), other=0.0)
-            keep = _lora_rand16(seed, rows, k0, K, BK) >= thr
-            x = tl.where(keep, x, 0.0)
-            bc = k0 // 8 + tl.arange(0, BK // 8)
-            byte = tl.sum(tl.reshape(keep.to(tl.int32), (BM, BK // 8, 8)) << tl.arange(0, 8)[None, None, :], axis=2)
+            v0, v1, v2, v3, v4, v5, v6, v7 = _lora_halves(seed, rows, k0, K, BK)
+            x = tl.where(_lora_spread(v0, v1, v2, v3, v4, v5, v6, v7) >= thr, x, 0.0)
+            bc = k0 // 8 + tl.arange(0, BK // 8)       # the same 8 decisions a byte, taken on the groups: no reshuffle
+            byte = ((v0 >= thr).to(tl.int32) | ((v1 >= thr).to(tl.int32) << 1) | ((v2 >= thr).to(tl.int32) << 2) | ((v3 >= thr).to(tl.int32) << 3)
+                    | ((v4 >= thr).to(tl.int32) << 4) | ((v5 >= thr).to(tl.int32) << 5) | ((v6 >= thr).to(tl.int32) << 6) | ((v7 >= thr).to(tl.int32) << 7))
             tl.store(bits_ptr + rows[:, None] * (K // 8) + bc[None, :], byte.to(tl.uint8), mask=(rows[:, None] < T) & (bc[None, :] < K // 8))
             a = tl.load(a_ptr + rr[:, None] * sa + cols[None, :], mask=(rr[:, None] < R) & (cols[None, :] < K), other=0.0)
             acc = tl.dot(x, tl.trans(a), acc, input_precision=PREC)
@@ -126,7 +137,7 @@ def _lora_bwd_kernels(triton, tl) -> dict:
         g = tl.load(g_ptr + rows[:, None] * sg + rr[None, :], mask=(rows[:, None] < T) & (rr[None, :] < R), other=0.0)
         a = tl.load(a_ptr + rr[:, None] * sa + cols[None, :], mask=(rr[:, None] < R) & (cols[None, :] < K), other=0.0)
         d = tl.dot(g, a, input_precision=PREC)
-        d = tl.where(_lora_keep_bits(bits_ptr, rows, col0, T, K, BM, BK), d * scale, 0.0)
+        d = tl.where(_lora_keep_bits(bits_ptr, rows, col0, T, K, BK), d * scale, 0.0)
         tl.store(dx_ptr + rows[:, None] * sdx + cols[None, :], d.to(dx_ptr.dtype.element_ty),
                  mask=(rows[:, None] < T) & (cols[None, :] < K))
 
@@ -144,7 +155,7 @@ def _lora_bwd_kernels(triton, tl) -> dict:
             rows = split.to(tl.int64) * rows_per + t0 + tl.arange(0, BT)
             g = tl.load(g_ptr + rows[:, None] * sg + rr[None, :], mask=(rows[:, None] < T) & (rr[None, :] < R), other=0.0)
             x = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=(rows[:, None] < T) & (cols[None, :] < K), other=0.0)
-            x = tl.where(_lora_keep_bits(bits_ptr, rows, col0, T, K, BT, BK), x, 0.0)
+            x = tl.where(_lora_keep_bits(bits_ptr, rows, col0, T, K, BK), x, 0.0)
             acc = tl.dot(tl.trans(g), x, acc, input_precision=PREC)
         tl.store(part_ptr + split * RP * K + rr[:, None] * K + cols[None, :], acc * scale, mask=(rr[:, None] < R) & (cols[None, :] < K))
 

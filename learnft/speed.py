@@ -59,35 +59,15 @@ def _lora_kernels() -> dict:
     import triton, triton.language as tl
 
     @triton.jit
-    def _lora_halves(seed, rows, col0, K, BK: tl.constexpr):
-        # eight [len(rows), BK / 8] numbers in [0, 65536), the i-th for column 8j + i of each group j of the columns col0 ..
-        # col0 + BK - 1 (col0 and K multiples of 8): one Philox call per group (4 words of 32 bits, each split in two halves),
-        # always the same for (seed, row, column)
+    def _lora_rand16(seed, rows, col0, K, BK: tl.constexpr):
+        # [len(rows), BK] numbers in [0, 65536) for the columns col0 .. col0 + BK - 1 (col0 and K multiples of 8): one Philox
+        # call per 8 neighbouring values (4 words of 32 bits, each split in two halves), always the same for (seed, row, column)
         g = rows[:, None] * (K // 8) + (col0 // 8 + tl.arange(0, BK // 8))[None, :]
         r0, r1, r2, r3 = tl.randint4x(seed, g)
-        return (r0 & 0xFFFF, r0 >> 16, r2 & 0xFFFF, r2 >> 16, r1 & 0xFFFF, r1 >> 16, r3 & 0xFFFF, r3 >> 16)
-
-    @triton.jit
-    def _lora_spread(v0, v1, v2, v3, v4, v5, v6, v7):
-        # eight [rows, BK / 8] tensors, v_i for column 8j + i of each group j, as one [rows, BK] tensor in column order
-        return tl.interleave(tl.interleave(tl.interleave(v0, v4), tl.interleave(v2, v6)),
-                             tl.interleave(tl.interleave(v1, v5), tl.interleave(v3, v7)))
-
-    @triton.jit
-    def _lora_rand16(seed, rows, col0, K, BK: tl.constexpr):
-        # [len(rows), BK] numbers in [0, 65536) for the columns col0 .. col0 + BK - 1
-        v0, v1, v2, v3, v4, v5, v6, v7 = _lora_halves(seed, rows, col0, K, BK)
-        return _lora_spread(v0, v1, v2, v3, v4, v5, v6, v7).to(tl.int32)
-
-    @triton.jit
-    def _lora_keep_bits(bits_ptr, rows, col0, T, K, BK: tl.constexpr):
-        # the forward's keep mask of rows x (col0 .. col0 + BK - 1), read back from its bits: byte j of a row holds columns
-        # 8j .. 8j + 7, bit i column 8j + i
-        bc = col0 // 8 + tl.arange(0, BK // 8)
-        b = tl.load(bits_ptr + rows[:, None] * (K // 8) + bc[None, :], mask=(rows[:, None] < T) & (bc[None, :] < K // 8), other=0).to(tl.int32)
-        return _lora_spread(b & 1, (b >> 1) & 1, (b >> 2) & 1, (b >> 3) & 1, (b >> 4) & 1, (b >> 5) & 1, (b >> 6) & 1, (b >> 7) & 1) != 0
-    for f in (_lora_halves, _lora_spread, _lora_rand16, _lora_keep_bits):
-        globals()[f.fn.__name__] = f             # Triton finds the helpers a kernel calls among its module's globals
+        lo = tl.interleave(tl.interleave(r0 & 0xFFFF, r1 & 0xFFFF), tl.interleave(r2 & 0xFFFF, r3 & 0xFFFF))
+        hi = tl.interleave(tl.interleave(r0 >> 16, r1 >> 16), tl.interleave(r2 >> 16, r3 >> 16))
+        return tl.interleave(lo, hi).to(tl.int32)
+    globals()['_lora_rand16'] = _lora_rand16     # Triton finds the helpers a kernel calls among its module's globals
 
     @triton.jit
     def keep_mask(seed_ptr, out_ptr, T, K, thr, BM: tl.constexpr, BK: tl.constexpr):
@@ -98,10 +78,9 @@ def _lora_kernels() -> dict:
         tl.store(out_ptr + rows[:, None] * K + cols[None, :], keep.to(tl.int8), mask=(rows[:, None] < T) & (cols[None, :] < K))
 
     @triton.jit
-    def fwd(x_ptr, a_ptr, h_ptr, bits_ptr, seed_ptr, T, K, R, thr, scale, sx, sa, sh,
+    def fwd(x_ptr, a_ptr, h_ptr, seed_ptr, T, K, R, thr, scale, sx, sa, sh,
             RP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-        # h[rows] = (x[rows] * keep) @ a.T * scale: the mask drawn on x's tiles as they are loaded for the matmul, and written
-        # as bits (one byte per 8 values) for the backward
+        # h[rows] = (x[rows] * keep) @ a.T * scale: the mask applied to x's tiles as they are loaded for the matmul
         rows = tl.program_id(0).to(tl.int64) * BM + tl.arange(0, BM)
         rr = tl.arange(0, RP)
         seed = tl.load(seed_ptr)
@@ -109,12 +88,7 @@ def _lora_kernels() -> dict:
         for k0 in range(0, K, BK):
             cols = k0 + tl.arange(0, BK)
             x = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=(rows[:, None] < T) & (cols[None, :] < K), other=0.0)
-            v0, v1, v2, v3, v4, v5, v6, v7 = _lora_halves(seed, rows, k0, K, BK)
-            x = tl.where(_lora_spread(v0, v1, v2, v3, v4, v5, v6, v7) >= thr, x, 0.0)
-            bc = k0 // 8 + tl.arange(0, BK // 8)       # the same 8 decisions a byte, taken on the groups: no reshuffle
-            byte = ((v0 >= thr).to(tl.int32) | ((v1 >= thr).to(tl.int32) << 1) | ((v2 >= thr).to(tl.int32) << 2) | ((v3 >= thr).to(tl.int32) << 3)
-                    | ((v4 >= thr).to(tl.int32) << 4) | ((v5 >= thr).to(tl.int32) << 5) | ((v6 >= thr).to(tl.int32) << 6) | ((v7 >= thr).to(tl.int32) << 7))
-            tl.store(bits_ptr + rows[:, None] * (K // 8) + bc[None, :], byte.to(tl.uint8), mask=(rows[:, None] < T) & (bc[None, :] < K // 8))
+            x = tl.where(_lora_rand16(seed, rows, k0, K, BK) >= thr, x, 0.0)
             a = tl.load(a_ptr + rr[:, None] * sa + cols[None, :], mask=(rr[:, None] < R) & (cols[None, :] < K), other=0.0)
             acc = tl.dot(x, tl.trans(a), acc, input_precision=PREC)
         tl.store(h_ptr + rows[:, None] * sh + rr[None, :], (acc * scale).to(h_ptr.dtype.element_ty),
@@ -125,9 +99,9 @@ def _lora_kernels() -> dict:
 
 # %% ../nbs/08b_speed.ipynb #ebfce03d
 def _lora_bwd_kernels(triton, tl) -> dict:
-    "The two gradient kernels of the fused LoRA-A; each reads the forward's mask from its bits (`_lora_keep_bits`)."
+    "The two gradient kernels of the fused LoRA-A; each draws the forward's mask again (`_lora_rand16`, same seed)."
     @triton.jit
-    def bwd_dx(g_ptr, a_ptr, dx_ptr, bits_ptr, T, K, R, scale, sg, sa, sdx,
+    def bwd_dx(g_ptr, a_ptr, dx_ptr, seed_ptr, T, K, R, thr, scale, sg, sa, sdx,
                RP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         # dx[rows, cols] = (grad_h[rows] @ a[:, cols]) * keep * scale: the mask applied before the tile is written
         rows = tl.program_id(0).to(tl.int64) * BM + tl.arange(0, BM)
@@ -137,25 +111,26 @@ def _lora_bwd_kernels(triton, tl) -> dict:
         g = tl.load(g_ptr + rows[:, None] * sg + rr[None, :], mask=(rows[:, None] < T) & (rr[None, :] < R), other=0.0)
         a = tl.load(a_ptr + rr[:, None] * sa + cols[None, :], mask=(rr[:, None] < R) & (cols[None, :] < K), other=0.0)
         d = tl.dot(g, a, input_precision=PREC)
-        d = tl.where(_lora_keep_bits(bits_ptr, rows, col0, T, K, BK), d * scale, 0.0)
+        d = tl.where(_lora_rand16(tl.load(seed_ptr), rows, col0, K, BK) >= thr, d * scale, 0.0)
         tl.store(dx_ptr + rows[:, None] * sdx + cols[None, :], d.to(dx_ptr.dtype.element_ty),
                  mask=(rows[:, None] < T) & (cols[None, :] < K))
 
     @triton.jit
-    def bwd_da(g_ptr, x_ptr, part_ptr, bits_ptr, T, K, R, scale, sg, sx, SPLITS,
+    def bwd_da(g_ptr, x_ptr, part_ptr, seed_ptr, T, K, R, thr, scale, sg, sx, SPLITS,
                RP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
         # part[split, :, cols] = grad_h[its rows].T @ (x[its rows, cols] * keep) * scale; the splits are summed afterwards
         col0 = tl.program_id(0) * BK
         split = tl.program_id(1)
         cols = col0 + tl.arange(0, BK)
         rr = tl.arange(0, RP)
+        seed = tl.load(seed_ptr)
         acc = tl.zeros((RP, BK), tl.float32)
         rows_per = tl.cdiv(tl.cdiv(T, SPLITS), BT) * BT
         for t0 in range(0, rows_per, BT):
             rows = split.to(tl.int64) * rows_per + t0 + tl.arange(0, BT)
             g = tl.load(g_ptr + rows[:, None] * sg + rr[None, :], mask=(rows[:, None] < T) & (rr[None, :] < R), other=0.0)
             x = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=(rows[:, None] < T) & (cols[None, :] < K), other=0.0)
-            x = tl.where(_lora_keep_bits(bits_ptr, rows, col0, T, K, BK), x, 0.0)
+            x = tl.where(_lora_rand16(seed, rows, col0, K, BK) >= thr, x, 0.0)
             acc = tl.dot(tl.trans(g), x, acc, input_precision=PREC)
         tl.store(part_ptr + split * RP * K + rr[:, None] * K + cols[None, :], acc * scale, mask=(rr[:, None] < R) & (cols[None, :] < K))
 
@@ -163,9 +138,8 @@ def _lora_bwd_kernels(triton, tl) -> dict:
 
 # %% ../nbs/08b_speed.ipynb #0446acee
 def lora_dropout_ops() -> dict:
-    """The custom op `torch.ops.learnft.lora_a_dropout(x, a, seed, p)` -> `(dropout(x) @ a.T, bits)`, with its own backward: `bits`
-    [T, K/8] uint8 is the keep mask it drew, 8 values a byte, all the backward keeps of it. `mask(seed, T, K, p)` draws that mask
-    alone and `unpack(bits, K)` reads it from the bits (for checking them). `seed` is a one-element int64 tensor on `x`'s device."""
+    """The custom op `torch.ops.learnft.lora_a_dropout(x, a, seed, p)` = `dropout(x) @ a.T`, with its own backward, and `mask(seed,
+    T, K, p)`, the keep mask its kernels draw (for checking them). `seed` is a one-element int64 tensor on `x`'s device."""
     if 'op' in _LORA: return _LORA
     k = _lora_kernels(); triton = k['triton']
     def tuned(kernel, configs):    # the GPU picks its tiles on first use per width and rank; Triton's CPU interpreter takes the first
@@ -178,71 +152,67 @@ def lora_dropout_ops() -> dict:
     rp = lambda R: max(16, triton.next_power_of_2(R))                  # the rank, padded to a tile Triton's dot takes
 
     @torch.library.custom_op('learnft::lora_a_dropout', mutates_args=())
-    def op(x: torch.Tensor, a: torch.Tensor, seed: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def op(x: torch.Tensor, a: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
         if x.dim() != 2 or a.dim() != 2 or x.shape[1] != a.shape[1] or x.shape[1] % 8:
             raise ValueError(f"lora_a_dropout: x [T, K] and a [r, K] with K a multiple of 8 expected, got {tuple(x.shape)} and {tuple(a.shape)}")
         x, a = x.contiguous(), a.contiguous(); (T, K), R = x.shape, a.shape[0]; thr, scale = dropout_threshold(p)
         h = torch.empty(T, R, dtype=x.dtype, device=x.device)
-        bits = torch.empty(T, K // 8, dtype=torch.uint8, device=x.device)
-        fwd[lambda m: (triton.cdiv(T, m['BM']),)](x, a, h, bits, seed, T, K, R, thr, scale, x.stride(0), a.stride(0), h.stride(0),
-                                                  RP=rp(R), PREC=prec(x))
-        return h, bits
-    op.register_fake(lambda x, a, seed, p: (x.new_empty(x.shape[0], a.shape[0]), x.new_empty(x.shape[0], x.shape[1] // 8, dtype=torch.uint8)))
+        fwd[lambda m: (triton.cdiv(T, m['BM']),)](x, a, h, seed, T, K, R, thr, scale, x.stride(0), a.stride(0), h.stride(0), RP=rp(R), PREC=prec(x))
+        return h
+    op.register_fake(lambda x, a, seed, p: x.new_empty(x.shape[0], a.shape[0]))
 
     @torch.library.custom_op('learnft::lora_a_dropout_dx', mutates_args=())
-    def op_dx(g: torch.Tensor, a: torch.Tensor, bits: torch.Tensor, p: float) -> torch.Tensor:
-        g, a = g.contiguous(), a.contiguous(); (T, R), K = g.shape, a.shape[1]; scale = dropout_threshold(p)[1]
+    def op_dx(g: torch.Tensor, a: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
+        g, a = g.contiguous(), a.contiguous(); (T, R), K = g.shape, a.shape[1]; thr, scale = dropout_threshold(p)
         dx = torch.empty(T, K, dtype=g.dtype, device=g.device)
-        dxk[lambda m: (triton.cdiv(T, m['BM']), triton.cdiv(K, m['BK']))](g, a, dx, bits, T, K, R, scale, g.stride(0), a.stride(0),
+        dxk[lambda m: (triton.cdiv(T, m['BM']), triton.cdiv(K, m['BK']))](g, a, dx, seed, T, K, R, thr, scale, g.stride(0), a.stride(0),
                                                                           dx.stride(0), RP=rp(R), PREC=prec(g))
         return dx
-    op_dx.register_fake(lambda g, a, bits, p: g.new_empty(g.shape[0], a.shape[1]))
+    op_dx.register_fake(lambda g, a, seed, p: g.new_empty(g.shape[0], a.shape[1]))
 
     @torch.library.custom_op('learnft::lora_a_dropout_da', mutates_args=())
-    def op_da(g: torch.Tensor, x: torch.Tensor, bits: torch.Tensor, p: float) -> torch.Tensor:
-        g, x = g.contiguous(), x.contiguous(); (T, R), K = g.shape, x.shape[1]; scale = dropout_threshold(p)[1]
+    def op_da(g: torch.Tensor, x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
+        g, x = g.contiguous(), x.contiguous(); (T, R), K = g.shape, x.shape[1]; thr, scale = dropout_threshold(p)
         splits = max(1, min(64, T // 512))     # the tokens are shared out among programs; their partial sums are added here
         part = torch.zeros(splits, rp(R), K, dtype=torch.float32, device=g.device)
-        dak[lambda m: (triton.cdiv(K, m['BK']), splits)](g, x, part, bits, T, K, R, scale, g.stride(0), x.stride(0), splits,
+        dak[lambda m: (triton.cdiv(K, m['BK']), splits)](g, x, part, seed, T, K, R, thr, scale, g.stride(0), x.stride(0), splits,
                                                          RP=rp(R), PREC=prec(g))
         return part[:, :R].sum(0)
-    op_da.register_fake(lambda g, x, bits, p: g.new_empty(g.shape[1], x.shape[1], dtype=torch.float32))
+    op_da.register_fake(lambda g, x, seed, p: g.new_empty(g.shape[1], x.shape[1], dtype=torch.float32))
 
-    def setup_context(ctx, inputs, output): x, a, _, ctx.p = inputs; ctx.save_for_backward(x, a, output[1])
-    def backward(ctx, grad_h, grad_bits):
-        x, a, bits = ctx.saved_tensors
-        return (op_dx(grad_h, a, bits, ctx.p) if ctx.needs_input_grad[0] else None,
-                op_da(grad_h, x, bits, ctx.p).to(a.dtype) if ctx.needs_input_grad[1] else None, None, None)
+    def setup_context(ctx, inputs, output): x, a, seed, ctx.p = inputs; ctx.save_for_backward(x, a, seed)
+    def backward(ctx, grad_h):
+        x, a, seed = ctx.saved_tensors
+        return (op_dx(grad_h, a, seed, ctx.p) if ctx.needs_input_grad[0] else None,
+                op_da(grad_h, x, seed, ctx.p).to(a.dtype) if ctx.needs_input_grad[1] else None, None, None)
     op.register_autograd(backward, setup_context=setup_context)
 
     def mask(seed, T, K, p):
         out = torch.empty(T, K, dtype=torch.int8, device=seed.device)
         k['keep_mask'][(triton.cdiv(T, 64), triton.cdiv(K, 64))](seed, out, T, K, dropout_threshold(p)[0], BM=64, BK=64)
         return out.bool()
-    def unpack(bits, K): return ((bits[..., None] >> torch.arange(8, device=bits.device, dtype=torch.uint8)) & 1).flatten(-2)[..., :K].bool()
-    _LORA.update(op=op, mask=mask, unpack=unpack, tuned=dict(fwd=fwd, dx=dxk, da=dak))
+    _LORA.update(op=op, mask=mask, tuned=dict(fwd=fwd, dx=dxk, da=dak))
     return _LORA
 
 # %% ../nbs/08b_speed.ipynb #6b1e9541
 def lora_dropout_check(T: int, K: int, R: int, p: float, dtype=torch.float32, device=None, seed: int=0) -> dict:
-    """The fused op against torch's matmuls on `x` masked with the very mask the kernels draw: the kept share, whether the bits the
-    forward wrote for the backward are that mask, and the largest difference of `h`, `dx` and `dA` over the largest value. On a GPU,
-    or on the CPU under Triton's interpreter (`TRITON_INTERPRET=1`)."""
+    """The fused op against torch's matmuls on `x` masked with the very mask the kernels draw: the kept share, and the largest
+    difference of `h`, `dx` and `dA` over the largest value. On a GPU, or on the CPU under Triton's interpreter (`TRITON_INTERPRET=1`)."""
     ops = lora_dropout_ops()
     g = torch.Generator(device=device or 'cpu').manual_seed(seed)
     x = torch.randn(T, K, device=device, generator=g).to(dtype).requires_grad_()
     a = (torch.randn(R, K, device=device, generator=g) / K ** 0.5).to(dtype).requires_grad_()
     s = torch.tensor([seed * 7919 + 13], device=device, dtype=torch.int64)
-    h, bits = ops['op'](x, a, s, p); gh = torch.randn(h.shape, device=device, generator=g).to(dtype); h.backward(gh)
+    h = ops['op'](x, a, s, p); gh = torch.randn(h.shape, device=device, generator=g).to(dtype); h.backward(gh)
     m = ops['mask'](s, T, K, p)
     x2, a2 = x.detach().float().requires_grad_(), a.detach().float().requires_grad_()
     ref = (x2 * m * dropout_threshold(p)[1]) @ a2.T; ref.backward(gh.float())
     rel = lambda u, v: ((u.float() - v).abs().max() / v.abs().max().clamp_min(1e-30)).item()
-    return dict(T=T, K=K, R=R, p=p, dtype=str(dtype).split('.')[-1], kept=m.float().mean().item(), bits=torch.equal(ops['unpack'](bits, K), m),
+    return dict(T=T, K=K, R=R, p=p, dtype=str(dtype).split('.')[-1], kept=m.float().mean().item(),
                 h=rel(h, ref), dx=rel(x.grad, x2.grad), da=rel(a.grad, a2.grad))
 
 def _fused_lora_forward(self, x, *args, **kwargs):
-    """peft's LoRA forward while training, with `dropout(x) @ A.T` as one Triton kernel that keeps its mask as bits (learnft::lora_a_dropout);
+    """peft's LoRA forward while training, with `dropout(x) @ A.T` as one Triton kernel that stores no mask (learnft::lora_a_dropout);
     the B matmul, scale and add as peft writes them. Any other state (eval, no dropout, adapters off or merged, DoRA, a LoRA bias,
     extra arguments, an input width not a multiple of 8) takes peft's own forward."""
     adapters = [a for a in self.active_adapters if a in self.lora_A]
@@ -257,7 +227,7 @@ def _fused_lora_forward(self, x, *args, **kwargs):
         A, B = self.lora_A[a].weight, self.lora_B[a].weight
         dt = torch.get_autocast_dtype(dev) if amp else A.dtype       # what peft's nn.Linear computes in: autocast's dtype, or A's
         with torch.autocast(dev, enabled=False):
-            h = (torch.ops.learnft.lora_a_dropout(x2.to(dt), A.to(dt), torch.randint(2 ** 62, (1,), device=x.device), p[a])[0] if p[a]
+            h = (torch.ops.learnft.lora_a_dropout(x2.to(dt), A.to(dt), torch.randint(2 ** 62, (1,), device=x.device), p[a]) if p[a]
                  else x2.to(dt) @ A.to(dt).t())
             result = result + ((h @ B.to(dt).t()) * self.scaling[a]).to(result.dtype).view(result.shape)
     return result

@@ -21,7 +21,9 @@ or `varlen` (`data.use_varlen_attn`: one flattened row, flash varlen); flags: `c
 (`train.kernels: compile`, torch.compile of each decoder layer), `liger` (`train.kernels: liger`, Liger's kernels), `nodrop`
 (LoRA dropout 0, so that the variants' losses can be compared step for step), `fp32` (float32 compute, no autocast: the
 yardstick for bf16 noise), `noprefetch` (`train.prefetch: false`: the batches built in the loop, not in a background thread
-while the step before runs). `--profile V` profiles steps 4-5 of variant V
+while the step before runs), `hostprof` (step 7 under cProfile, not timed: the Python functions with the most own time on the
+host, and how many calls each makes per step), `itemsites` (where step 7 calls `Tensor.item()`, a host sync each: the
+calling file and line, counted). `--profile V` profiles steps 4-5 of variant V
 (torch.profiler) and prints the GPU time per step by kind of kernel and the time the GPU sat idle.
 """
 import argparse, json, os, subprocess, sys, tempfile, time
@@ -85,6 +87,26 @@ def worker(spec: str, model_dir: str, seq: int, steps: int, profile: bool) -> di
             b = make_batch(idx); seen.append(int(b['input_ids'].numel())); return b
         if batches is not None: seen.extend(int(b['input_ids'].numel()) for b in batches)   # built ahead (train.prefetch)
         k = len(prof_out.setdefault('walls', []))
+        if 'itemsites' in flags and k == 6:         # who calls Tensor.item() (each one waits for the GPU), by file and line
+            import collections, traceback
+            sites, item = collections.Counter(), torch.Tensor.item
+            def counted_item(self):
+                f = traceback.extract_stack(limit=2)[0]; sites[f"{short_func((f.filename, 0, ''))}{f.lineno}"] += 1
+                return item(self)
+            torch.Tensor.item = counted_item
+            try: r = real_step(stepper, micro, counted, amp, batches); sync()
+            finally: torch.Tensor.item = item
+            prof_out['walls'].append(0.0); prof_out['end'] = time.perf_counter()
+            prof_out['item_sites'] = dict(sites.most_common(12)); return r
+        if 'hostprof' in flags and k == 6:          # the host's Python, function by function (this step is not timed)
+            import cProfile, pstats
+            sync(); t = time.perf_counter(); cp = cProfile.Profile(); cp.enable()
+            r = real_step(stepper, micro, counted, amp, batches); sync()
+            cp.disable(); prof_out['walls'].append(time.perf_counter() - t); prof_out['end'] = time.perf_counter()
+            st = pstats.Stats(cp)
+            prof_out['host'] = dict(wall=prof_out['walls'][-1], total=st.total_tt, top=[
+                dict(func=short_func(key), calls=v[1], own_s=v[2], cum_s=v[3]) for key, v in sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:25]])
+            return r
         if not (profile and k in (3, 4)):
             t = time.perf_counter(); r = real_step(stepper, micro, counted, amp, batches); sync()
             prof_out['walls'].append(time.perf_counter() - t); prof_out['end'] = time.perf_counter(); return r
@@ -108,12 +130,23 @@ def worker(spec: str, model_dir: str, seq: int, steps: int, profile: bool) -> di
         recs = trainer.read_log(Path(d)/'run')
     # from each step's start to the next one's (the last: to its end, synchronised): the host's work between steps counts too
     ent = prof_out['entries'] + [prof_out['end']]
-    walls = [ent[k + 1] - ent[k] for k in range(len(prof_out['walls'])) if k >= 2 and not (profile and k in (3, 4))]
+    walls = [ent[k + 1] - ent[k] for k in range(len(prof_out['walls']))
+             if k >= 2 and not (profile and k in (3, 4)) and not ({'hostprof', 'itemsites'} & set(flags) and k == 6)]
     per_step = len(seen) // max(len(prof_out['walls']), 1)
     return {'spec': spec, 's_step': sum(walls) / len(walls), 'tokens_step': sum(seen[2 * per_step:]) / max(len(prof_out['walls']) - 2, 1),
             'trained_step': sum(r['tokens'] for r in recs[2:]) / max(len(recs) - 2, 1),
             'peak_gib': peak_gib(), 'loss_first': recs[0]['loss'], 'loss_last': recs[-1]['loss'],
-            'losses': [r['loss'] for r in recs], **({k: prof_out[k] for k in ('kinds', 'profiled_wall', 'top') if k in prof_out})}
+            'losses': [r['loss'] for r in recs], **({k: prof_out[k] for k in ('kinds', 'profiled_wall', 'top', 'host', 'item_sites') if k in prof_out})}
+
+
+def short_func(key: tuple) -> str:
+    "A cProfile key as package/file.py:function, without the machine's paths."
+    f, _, name = key
+    if f == '~': return name
+    parts = Path(f).parts
+    for anchor in ('site-packages', 'dist-packages'):
+        if anchor in parts: return '/'.join(parts[parts.index(anchor) + 1:]) + ':' + name
+    return '/'.join(parts[-2:]) + ':' + name
 
 
 def peer_result(spec: str, r: dict, **extra) -> dict:
@@ -213,6 +246,15 @@ def main():
               f"   (against the unprofiled {x['s_step'] * 1e3:.0f} ms step)")
         print('# the 12 kernels that took longest per step:')
         for k, v in sorted(x.get('top', {}).items(), key=lambda kv: -kv[1])[:12]: print(f"  {v * 1e3:8.1f} ms  {k}")
+    for x in rows:
+        if 'host' not in x: continue
+        h = x['host']
+        print(f"\n# host profile of {x['spec']} (step 7 under cProfile: {h['wall'] * 1e3:.0f} ms wall, {h['total'] * 1e3:.0f} ms in Python "
+              f"functions): own and cumulative ms per step, calls per step")
+        for r in h['top']: print(f"  {r['own_s'] * 1e3:8.1f} {r['cum_s'] * 1e3:8.1f}  x{r['calls']:<6} {r['func']}")
+    for x in rows:
+        if 'item_sites' in x:
+            print(f"\n# Tensor.item() in step 7 of {x['spec']}, by caller: " + '; '.join(f'{k} x{v}' for k, v in x['item_sites'].items()))
     if a.json: Path(a.json).write_text(json.dumps(rows, indent=1))
 
 

@@ -5,9 +5,10 @@
 # library, datasets, dill, multiprocess, trl, liger-kernel) and .whl_uns/ (unsloth without its studio/ UI, unsloth_zoo and
 # the small packages they import), the SmolLM2 tokenizer in .tok/: `bash tools/device_wheels.sh --peers` makes all three.
 # Results go to $OUT (the device tool's output folder; benchmarks/results/ holds the 2026-12-03 run's).
-#   bash benchmarks/gpu_speed_run.sh [probe] [dequant] [lora] [mfu] [unsloth]        (default: probe dequant mfu)
+#   bash benchmarks/gpu_speed_run.sh [probe] [dequant] [lora] [host] [mfu] [unsloth]        (default: probe dequant mfu)
 # with VARIANTS=, PROFILE=, SHAPE=, RUN= (the results' name), PEERS=, PEER_BATCH=, SIZES= and *_S= (time limits) to override
-# what each step runs. lora: the fused LoRA dropout kernels checked and timed (bench_lora_dropout_gpu.py).
+# what each step runs. lora: the fused LoRA dropout kernels checked and timed (bench_lora_dropout_gpu.py); host: the host's
+# time per call of the fused op and of peft's, and where it goes (bench_lora_host_gpu.py).
 set -u
 OUT=${OUT:-benchmarks/results/new}; mkdir -p "$OUT"
 STEPS=${*:-probe dequant mfu}
@@ -27,6 +28,9 @@ for s in $STEPS; do case $s in
   lora)
     timeout ${LORA_S:-150} python3 benchmarks/bench_lora_dropout_gpu.py --json $OUT/bench_lora_dropout_gpu_h200.json 2>&1 \
       | tee $OUT/bench_lora_dropout_gpu_h200.txt ;;
+  host)
+    timeout ${HOST_S:-90} python3 benchmarks/bench_lora_host_gpu.py --json $OUT/bench_lora_host_gpu_h200.json 2>&1 \
+      | tee $OUT/bench_lora_host_gpu_h200.txt ;;
   mfu)
     timeout ${MFU_S:-340} python3 benchmarks/bench_mfu_gpu.py --shape ${SHAPE:-1b} --seq 2048 --steps 8 --work /tmp/w \
       --variants ${VARIANTS:-varlen:16:liger:compile,varlen:16:liger,varlen:8:liger:compile,varlen:24:liger:compile} \

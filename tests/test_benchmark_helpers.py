@@ -89,3 +89,23 @@ print('ok')
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
                        env={**os.environ, 'TRITON_INTERPRET': '1'}, timeout=600)
     assert r.returncode == 0 and r.stdout.strip().endswith('ok'), r.stdout[-2000:] + r.stderr[-3000:]
+
+
+def test_mfu_benchmark_host_flags_on_the_cpu(tmp_path):
+    """bench_mfu_gpu.py's `hostprof` and `itemsites` flags (run 12 of lesson 08b), tried on the CPU's test shape: step 7 under
+    cProfile lists the host's functions by own time (the backward's engine among them), and the callers of Tensor.item() are
+    counted by file and line (the trainer's loss among them)."""
+    import json, os, subprocess
+    out = tmp_path/'rows.json'
+    r = subprocess.run([sys.executable, 'benchmarks/bench_mfu_gpu.py', '--shape', 'test', '--seq', '256', '--steps', '8',
+                        '--variants', 'varlen:2:hostprof,varlen:2:itemsites', '--work', str(tmp_path), '--json', str(out)],
+                       cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=900,
+                       env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
+    assert r.returncode == 0 and out.exists(), r.stdout[-2000:] + r.stderr[-2000:]
+    host, items = json.loads(out.read_text())
+    top = host['host']['top']
+    assert len(top) == 25 and 0 < sum(t['own_s'] for t in top) <= host['host']['total'] * 1.001, host['host']
+    assert any('run_backward' in t['func'] for t in top), [t['func'] for t in top]
+    assert not any(t['func'].startswith('/') for t in top)              # package-relative names, no machine paths
+    assert any(k.startswith('learnft/trainer.py') for k in items['item_sites']), items['item_sites']
+    assert 'host' not in items and 'item_sites' not in host

@@ -119,3 +119,17 @@ def test_lora_kernels_refused_off_a_gpu_and_without_adapters(tmp_path):
         trainer.apply_kernels(torch.nn.Linear(8, 8), 'lora')
     with pytest.raises(config.ConfigError, match=r"allowed: one of"):
         config.validate_config({**cfg, 'train': {**cfg['train'], 'kernels': 'lora+liger'}})
+
+
+def test_host_benchmark_runs_under_the_interpreter(tmp_path):
+    """benchmarks/bench_lora_host_gpu.py (lesson 08b, run 12) tried on the CPU: every row timed, the autotuner's chosen config
+    launched directly, and the cProfile rows named without the machine's paths (the times themselves are the interpreter's)."""
+    out = tmp_path/'host.json'
+    r = subprocess.run([sys.executable, 'benchmarks/bench_lora_host_gpu.py', '--calls', '2', '--profile-calls', '2', '--tokens', '8',
+                        '--json', str(out)], capture_output=True, text=True, cwd=ROOT, timeout=900,
+                       env={**os.environ, 'TRITON_INTERPRET': '1', 'PYTHONWARNINGS': 'ignore'})
+    assert r.returncode == 0 and out.exists(), r.stdout[-2000:] + r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert len(res['us']) == 7 and all(v > 0 for v in res['us'].values()), res['us']
+    assert res['profile'] and not any(p['func'].startswith('/') for p in res['profile'])
+    assert 'us more per LoRA layer than peft' in r.stdout

@@ -133,3 +133,24 @@ def test_host_benchmark_runs_under_the_interpreter(tmp_path):
     assert len(res['us']) == 7 and all(v > 0 for v in res['us'].values()), res['us']
     assert res['profile'] and not any(p['func'].startswith('/') for p in res['profile'])
     assert 'us more per LoRA layer than peft' in r.stdout
+
+
+def test_backward_computes_only_the_gradients_asked_for():
+    """The backward computes A's gradient only when A needs one and x's only when x does (layer 0's input, from the frozen
+    embedding, needs none): each gradient alone equals the one computed with both, bit for bit, and the other is None."""
+    code = """
+import json, torch
+from learnft.speed import lora_dropout_ops
+ops = lora_dropout_ops()
+g = torch.Generator().manual_seed(0)
+x, a, gh = torch.randn(70, 48, generator=g), torch.randn(6, 48, generator=g), torch.randn(70, 6, generator=g)
+s = torch.tensor([5])
+def grads(x_grad, a_grad):
+    xx, aa = x.clone().requires_grad_(x_grad), a.clone().requires_grad_(a_grad)
+    ops['op'](xx, aa, s, 0.25).backward(gh)
+    return xx.grad, aa.grad
+both, only_a, only_x = grads(True, True), grads(False, True), grads(True, False)
+print('RESULT', json.dumps(dict(a=torch.equal(both[1], only_a[1]), x=torch.equal(both[0], only_x[0]),
+                                none=[only_a[0] is None, only_x[1] is None])))"""
+    r = run_interpreted(code)
+    assert r == dict(a=True, x=True, none=[True, True]), r

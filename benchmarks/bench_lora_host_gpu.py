@@ -15,6 +15,7 @@ import argparse, cProfile, json, pstats, time
 from pathlib import Path
 import torch
 from learnft.speed import lora_dropout_ops, dropout_threshold
+from bench_mfu_gpu import short_func     # (beside this script)
 
 
 DEV = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -46,16 +47,6 @@ def empty_op():
         return op_dx(gh, a, seed, ctx.p), op_da(gh, x, seed, ctx.p).to(a.dtype), None, None
     op.register_autograd(backward, setup_context=setup_context)
     return op
-
-
-def short(path_func: tuple) -> str:
-    "A cProfile key as package/file.py:function, without the machine's paths."
-    f, line, name = path_func
-    parts = Path(f).parts
-    for anchor in ('site-packages', 'dist-packages', 'learnft', 'benchmarks'):
-        if anchor in parts: parts = parts[parts.index(anchor) + (anchor.endswith('packages')):]; break
-    else: parts = parts[-2:]
-    return f"{'/'.join(parts)}:{name}" if f != '~' else name
 
 
 if __name__ == '__main__':
@@ -101,7 +92,7 @@ if __name__ == '__main__':
     sync(); prof.disable()
     st = pstats.Stats(prof); total = st.total_tt
     top = sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:18]      # by own time
-    res['profile'] = [dict(func=short(k), calls=v[1] // n, own_us=v[2] / n * 1e6, cum_us=v[3] / n * 1e6) for k, v in top]
+    res['profile'] = [dict(func=short_func(k), calls=v[1] // n, own_us=v[2] / n * 1e6, cum_us=v[3] / n * 1e6) for k, v in top]
     print(f'\n# cProfile of {n} fused forward + backward calls: {total / n * 1e6:.0f} us per call under the profiler; own and cumulative time per call')
     for r in res['profile']: print(f"{r['own_us']:8.1f} {r['cum_us']:8.1f}  x{r['calls']:<3} {r['func']}")
     if a.json: Path(a.json).write_text(json.dumps(res, indent=1) + '\n')

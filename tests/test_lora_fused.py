@@ -136,8 +136,8 @@ def test_host_benchmark_runs_under_the_interpreter(tmp_path):
 
 
 def test_backward_computes_only_the_gradients_asked_for():
-    """The backward computes A's gradient only when A needs one and x's only when x does (layer 0's input, from the frozen
-    embedding, needs none): each gradient alone equals the one computed with both, bit for bit, and the other is None."""
+    """The backward takes each gradient it is asked for alone as it takes it with both: x without a gradient (as layer 0's input,
+    from the frozen embedding, is) or A frozen leaves the other gradient equal, bit for bit, to the one computed with both."""
     code = """
 import json, torch
 from learnft.speed import lora_dropout_ops
@@ -150,7 +150,6 @@ def grads(x_grad, a_grad):
     ops['op'](xx, aa, s, 0.25).backward(gh)
     return xx.grad, aa.grad
 both, only_a, only_x = grads(True, True), grads(False, True), grads(True, False)
-print('RESULT', json.dumps(dict(a=torch.equal(both[1], only_a[1]), x=torch.equal(both[0], only_x[0]),
-                                none=[only_a[0] is None, only_x[1] is None])))"""
+print('RESULT', json.dumps(dict(a=torch.equal(both[1], only_a[1]), x=torch.equal(both[0], only_x[0]))))"""
     r = run_interpreted(code)
-    assert r == dict(a=True, x=True, none=[True, True]), r
+    assert r == dict(a=True, x=True), r

@@ -22,9 +22,11 @@ or `varlen` (`data.use_varlen_attn`: one flattened row, flash varlen); flags: `c
 (LoRA dropout 0, so that the variants' losses can be compared step for step), `fp32` (float32 compute, no autocast: the
 yardstick for bf16 noise), `noprefetch` (`train.prefetch: false`: the batches built in the loop, not in a background thread
 while the step before runs), `hostprof` (step 7 under cProfile, not timed: the Python functions with the most own time on the
-host, and how many calls each makes per step), `itemsites` (where step 7 calls `Tensor.item()`, a host sync each: the
-calling file and line, counted). `--profile V` profiles steps 4-5 of variant V
-(torch.profiler) and prints the GPU time per step by kind of kernel and the time the GPU sat idle.
+host, and how many calls each makes per step), `itemsites` (where step 7 calls `Tensor.item()` or `Tensor.tolist()`, a wait
+for the GPU each on a GPU tensor: the calling file and line, counted). `--profile V` profiles steps 4-5 of variant V
+(torch.profiler) and prints the GPU time per step by kind of kernel, the time the GPU sat idle, and that idle time inside the
+profiled steps charged to what the host was doing when each gap ended (the stepper's forward, backward, or clip + AdamW + the
+read of the loss and norm; `other`: the batch's copy to the GPU and what is outside them).
 """
 import argparse, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -89,13 +91,16 @@ def worker(spec: str, model_dir: str, seq: int, steps: int, profile: bool) -> di
         k = len(prof_out.setdefault('walls', []))
         if 'itemsites' in flags and k == 6:         # who calls Tensor.item() (each one waits for the GPU), by file and line
             import collections, traceback
-            sites, item = collections.Counter(), torch.Tensor.item
-            def counted_item(self):
-                f = traceback.extract_stack(limit=2)[0]; sites[f"{short_func((f.filename, 0, ''))}{f.lineno}"] += 1
-                return item(self)
-            torch.Tensor.item = counted_item
+            sites, real = collections.Counter(), {m: getattr(torch.Tensor, m) for m in ('item', 'tolist')}
+            def counting(m):
+                def read(self):
+                    f = traceback.extract_stack(limit=2)[0]; sites[f"{short_func((f.filename, 0, ''))}{f.lineno} {m}"] += 1
+                    return real[m](self)
+                return read
+            for m in real: setattr(torch.Tensor, m, counting(m))
             try: r = real_step(stepper, micro, counted, amp, batches); sync()
-            finally: torch.Tensor.item = item
+            finally:
+                for m, f in real.items(): setattr(torch.Tensor, m, f)
             prof_out['walls'].append(0.0); prof_out['end'] = time.perf_counter()
             prof_out['item_sites'] = dict(sites.most_common(12)); return r
         if 'hostprof' in flags and k == 6:          # the host's Python, function by function (this step is not timed)
@@ -110,11 +115,21 @@ def worker(spec: str, model_dir: str, seq: int, steps: int, profile: bool) -> di
         if not (profile and k in (3, 4)):
             t = time.perf_counter(); r = real_step(stepper, micro, counted, amp, batches); sync()
             prof_out['walls'].append(time.perf_counter() - t); prof_out['end'] = time.perf_counter(); return r
-        from torch.profiler import profile as P, ProfilerActivity as A
+        from torch.profiler import profile as P, ProfilerActivity as A, record_function
+        marked = {}
+        for verb, ph in (('forward', 'forward'), ('backward', 'backward'), ('step', 'clip + AdamW + read')):
+            def mark(*args, _f=getattr(stepper, verb), _ph=ph):
+                with record_function(f'learnft:{_ph}'): return _f(*args)
+            marked[verb] = mark; setattr(stepper, verb, mark)
         sync(); t = time.perf_counter()
         with P(activities=[A.CPU, A.CUDA]) as p:
             r = real_step(stepper, micro, counted, amp, batches); sync()
         prof_out['walls'].append(time.perf_counter() - t); prof_out['end'] = time.perf_counter()
+        for verb in marked: delattr(stepper, verb)                # the class's own methods again
+        with tempfile.TemporaryDirectory() as d:
+            p.export_chrome_trace(f'{d}/trace.json'); g = gaps_by_phase(f'{d}/trace.json')
+        gp = prof_out.setdefault('gaps', {'idle_s': {k: 0.0 for k in PHASES}, 'gaps_over_50us': {k: 0 for k in PHASES}})
+        for k in PHASES: gp['idle_s'][k] += g['idle_s'][k] / 2; gp['gaps_over_50us'][k] += g['gaps_over_50us'][k] / 2
         per = prof_out.setdefault('kinds', {})
         for e in p.key_averages():
             us = getattr(e, 'self_device_time_total', None)
@@ -136,7 +151,33 @@ def worker(spec: str, model_dir: str, seq: int, steps: int, profile: bool) -> di
     return {'spec': spec, 's_step': sum(walls) / len(walls), 'tokens_step': sum(seen[2 * per_step:]) / max(len(prof_out['walls']) - 2, 1),
             'trained_step': sum(r['tokens'] for r in recs[2:]) / max(len(recs) - 2, 1),
             'peak_gib': peak_gib(), 'loss_first': recs[0]['loss'], 'loss_last': recs[-1]['loss'],
-            'losses': [r['loss'] for r in recs], **({k: prof_out[k] for k in ('kinds', 'profiled_wall', 'top', 'host', 'item_sites') if k in prof_out})}
+            'losses': [r['loss'] for r in recs], **({k: prof_out[k] for k in ('kinds', 'profiled_wall', 'top', 'host', 'item_sites', 'gaps') if k in prof_out})}
+
+
+PHASES = ('forward', 'backward', 'clip + AdamW + read', 'other')
+
+
+def gaps_by_phase(trace_path) -> dict:
+    """The GPU's idle time in a torch.profiler chrome trace, each gap charged to the phase (`learnft:<phase>` ranges the worker
+    puts around the stepper's forward, backward and step) whose launch ended it: the host was still in that phase when the
+    GPU ran dry. Busy: kernels, copies and memsets, on any stream. Seconds per phase, and the count of gaps over 50 us."""
+    ev = json.loads(Path(trace_path).read_text()).get('traceEvents', [])
+    ranges = sorted((e['ts'], e['ts'] + e['dur'], e['name'][8:]) for e in ev
+                    if e.get('cat') == 'user_annotation' and str(e.get('name', '')).startswith('learnft:'))
+    launch = {e['args']['correlation']: e['ts'] for e in ev
+              if e.get('cat') == 'cuda_runtime' and 'correlation' in e.get('args', {})}
+    gpu = sorted((e['ts'], e['ts'] + e['dur'], e.get('args', {}).get('correlation')) for e in ev
+                 if e.get('cat') in ('kernel', 'gpu_memcpy', 'gpu_memset') and e.get('dur') is not None)
+    def phase(t):
+        inner = [r for r in ranges if r[0] <= t <= r[1]]
+        return min(inner, key=lambda r: r[1] - r[0])[2] if inner else 'other'
+    out = {k: 0.0 for k in PHASES}; big = {k: 0 for k in PHASES}; end = None
+    for t0, t1, corr in gpu:
+        if end is not None and t0 > end:
+            ph = phase(launch.get(corr, t0)); ph = ph if ph in out else 'other'
+            out[ph] += (t0 - end) / 1e6; big[ph] += (t0 - end) > 50
+        end = t1 if end is None else max(end, t1)
+    return {'idle_s': out, 'gaps_over_50us': big}
 
 
 def short_func(key: tuple) -> str:
@@ -244,6 +285,11 @@ def main():
             print(f"{k:<30}{v * 1e3:>9.1f} ms{v / x['s_step']:>8.1%}")
         print(f"{'GPU idle (host work, syncs)':<30}{max(x['s_step'] - busy, 0) * 1e3:>9.1f} ms{max(1 - busy / x['s_step'], 0):>8.1%}"
               f"   (against the unprofiled {x['s_step'] * 1e3:.0f} ms step)")
+        if 'gaps' in x:
+            g = x['gaps']
+            print('# the GPU idle inside the profiled steps (from the first launch to the end), by what the host was doing when the '
+                  'launch that ended each gap came: ' + '; '.join(f"{k} {g['idle_s'][k] * 1e3:.1f} ms ({g['gaps_over_50us'][k]:.0f} gaps > 50 us)"
+                                                                   for k in PHASES))
         print('# the 12 kernels that took longest per step:')
         for k, v in sorted(x.get('top', {}).items(), key=lambda kv: -kv[1])[:12]: print(f"  {v * 1e3:8.1f} ms  {k}")
     for x in rows:
@@ -254,7 +300,7 @@ def main():
         for r in h['top']: print(f"  {r['own_s'] * 1e3:8.1f} {r['cum_s'] * 1e3:8.1f}  x{r['calls']:<6} {r['func']}")
     for x in rows:
         if 'item_sites' in x:
-            print(f"\n# Tensor.item() in step 7 of {x['spec']}, by caller: " + '; '.join(f'{k} x{v}' for k, v in x['item_sites'].items()))
+            print(f"\n# Tensor.item() and .tolist() in step 7 of {x['spec']}, by caller: " + '; '.join(f'{k} x{v}' for k, v in x['item_sites'].items()))
     if a.json: Path(a.json).write_text(json.dumps(rows, indent=1))
 
 

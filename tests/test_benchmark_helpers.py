@@ -94,11 +94,12 @@ print('ok')
 def test_mfu_benchmark_host_flags_on_the_cpu(tmp_path):
     """bench_mfu_gpu.py's `hostprof` and `itemsites` flags (run 12 of lesson 08b), tried on the CPU's test shape: step 7 under
     cProfile lists the host's functions by own time (the backward's engine among them), and the callers of Tensor.item() are
-    counted by file and line (the trainer's loss among them)."""
+    counted by file and line (the trainer's reads of the loss among them)."""
     import json, os, subprocess
     out = tmp_path/'rows.json'
     r = subprocess.run([sys.executable, 'benchmarks/bench_mfu_gpu.py', '--shape', 'test', '--seq', '256', '--steps', '8',
-                        '--variants', 'varlen:2:hostprof,varlen:2:itemsites', '--work', str(tmp_path), '--json', str(out)],
+                        '--variants', 'varlen:2:hostprof,varlen:2:itemsites', '--profile', 'varlen:2:hostprof', '--work', str(tmp_path),
+                        '--json', str(out)],
                        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=900,
                        env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
     assert r.returncode == 0 and out.exists(), r.stdout[-2000:] + r.stderr[-2000:]
@@ -109,3 +110,21 @@ def test_mfu_benchmark_host_flags_on_the_cpu(tmp_path):
     assert not any(t['func'].startswith('/') for t in top)              # package-relative names, no machine paths
     assert any(k.startswith('learnft/trainer.py') for k in items['item_sites']), items['item_sites']
     assert 'host' not in items and 'item_sites' not in host
+    assert set(host['gaps']['idle_s']) == {'forward', 'backward', 'clip + AdamW + read', 'other'}   # --profile's idle by phase
+    assert 'gaps' not in items                                      # (all zero here: the CPU launches no kernels)
+
+
+def test_gaps_by_phase_charges_each_gap_to_the_launch_that_ended_it(tmp_path):
+    """bench_mfu_gpu.py --profile's idle attribution on a made-up trace: two kernels launched in the forward, one in the backward
+    (its gap is the backward's), one from outside every range (other); overlapping GPU work is no gap."""
+    import json
+    from bench_mfu_gpu import gaps_by_phase
+    ann = lambda name, ts, dur: {'cat': 'user_annotation', 'name': f'learnft:{name}', 'ts': ts, 'dur': dur}
+    run = lambda c, ts: {'cat': 'cuda_runtime', 'name': 'cudaLaunchKernel', 'ts': ts, 'dur': 1, 'args': {'correlation': c}}
+    ker = lambda c, ts, dur, cat='kernel': {'cat': cat, 'name': f'k{c}', 'ts': ts, 'dur': dur, 'args': {'correlation': c}}
+    ev = [ann('forward', 0, 100), ann('backward', 100, 100), run(1, 10), run(2, 20), run(3, 150), run(4, 300),
+          ker(1, 30, 40), ker(2, 60, 20), ker(3, 180, 10, 'gpu_memcpy'), ker(4, 400, 5)]
+    (tmp_path/'t.json').write_text(json.dumps({'traceEvents': ev}))
+    g = gaps_by_phase(tmp_path/'t.json')
+    assert g['idle_s'] == {'forward': 0.0, 'backward': 100e-6, 'clip + AdamW + read': 0.0, 'other': 210e-6}, g
+    assert g['gaps_over_50us'] == {'forward': 0, 'backward': 1, 'clip + AdamW + read': 0, 'other': 1}, g
